@@ -1,0 +1,30 @@
+# qaic-k8s: the first two targets are the README's two commands.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+API := plugin_image/qaic_device_plugin/kubelet/api
+
+.PHONY: demo test lint typecheck proto bench reliability image clean
+
+demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubelet simulator
+	$(BIN)/python -m qaic_device_plugin.sim.demo
+
+test: $(STAMP)  ## lint, type-check and the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,infra]'
+	touch $(STAMP)
+
+proto: $(STAMP)  ## regenerate the committed v1beta1 stubs
+	$(BIN)/python -m grpc_tools.protoc -I plugin_image --python_out=plugin_image \
+	  --pyi_out=plugin_image --grpc_python_out=plugin_image \
+	  plugin_image/qaic_device_plugin/kubelet/api/deviceplugin.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
