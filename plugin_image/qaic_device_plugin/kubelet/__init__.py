@@ -1,0 +1,1 @@
+"""Generic kubelet device-plugin machinery (v1beta1): knows nothing about qaic."""

@@ -1,0 +1,1 @@
+"""qaic discovery, SKU, topology and health: knows nothing about gRPC."""
