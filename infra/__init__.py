@@ -1,0 +1,1 @@
+"""Pulumi program for qaic-k8s: image build, device-plugin DaemonSet, sample workloads."""

@@ -1,0 +1,1 @@
+"""ComponentResources of the qaic-k8s program."""

@@ -1,0 +1,99 @@
+"""Workloads: the sample AI 100 workloads the stack turns on, in their own namespace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.settings import StackSettings
+from workloads.samples import (
+    WorkloadParams,
+    deployment_spec,
+    labels_for,
+    pod_example_spec,
+    ultra_job_spec,
+)
+
+TYPE_TOKEN = "qaic-k8s:index:Workloads"
+
+
+@dataclass(frozen=True)
+class WorkloadsArgs:
+    settings: StackSettings
+
+
+class Workloads(pulumi.ComponentResource):
+    """Creates the enabled samples; ``created`` lists them as ``Kind/namespace/name``."""
+
+    created: list[str]
+
+    def __init__(
+        self, name: str, args: WorkloadsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        s = args.settings
+        self.created = []
+        self.resources: list[pulumi.CustomResource] = []
+        if not s.any_workload:
+            self.register_outputs({"created": self.created})
+            return
+
+        ns = k8s.core.v1.Namespace(
+            f"{name}-namespace",
+            metadata={
+                "name": s.workload_namespace,
+                "labels": {
+                    "app.kubernetes.io/part-of": "qaic-k8s-samples",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.resources.append(ns)
+        opts = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+        namespace = s.workload_namespace
+
+        def params(resource: str) -> WorkloadParams:
+            return WorkloadParams(
+                resource_name=resource, image=s.workload_image, namespace=namespace,
+                tolerations=s.toleration_list,
+            )
+
+        if s.workload_pod_example:
+            pod_name, pod = pod_example_spec(params(s.workload_resource))
+            self.resources.append(k8s.core.v1.Pod(
+                f"{name}-pod-example",
+                metadata={
+                    "name": pod_name, "namespace": namespace, "labels": labels_for(pod_name),
+                    # It runs once and exits: it never turns Ready, so do not await it.
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
+                spec=pod,
+                opts=opts,
+            ))
+            self.created.append(f"Pod/{namespace}/{pod_name}")
+        if s.workload_deployment:
+            dep_name, dep = deployment_spec(params(s.workload_resource))
+            self.resources.append(k8s.apps.v1.Deployment(
+                f"{name}-deployment",
+                metadata={"name": dep_name, "namespace": namespace, "labels": labels_for(dep_name)},
+                spec=dep,
+                opts=opts,
+            ))
+            self.created.append(f"Deployment/{namespace}/{dep_name}")
+        if s.workload_ultra_job:
+            job_name, job = ultra_job_spec(params(s.ultra_job_resource))
+            self.resources.append(k8s.batch.v1.Job(
+                f"{name}-ultra-job",
+                metadata={
+                    "name": job_name, "namespace": namespace, "labels": labels_for(job_name),
+                    # Jobs are immutable and finish: do not block `pulumi up` on completion.
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
+                spec=job,
+                opts=opts,
+            ))
+            self.created.append(f"Job/{namespace}/{job_name}")
+        self.register_outputs({"created": self.created})

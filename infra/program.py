@@ -1,0 +1,99 @@
+"""The whole program: validate the stack config, then declare the components."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
+from infra.components.image import PluginImage, PluginImageArgs
+from infra.components.workloads import Workloads, WorkloadsArgs
+from infra.image_spec import REPO_ROOT, git_sha, load_image_spec, read_version
+from infra.settings import PROJECT, StackSettings, settings_from_pulumi
+
+
+@dataclass
+class Program:
+    """What :func:`run` declared; tests inspect it, ``__main__`` exports ``outputs``."""
+
+    settings: StackSettings
+    provider: k8s.Provider
+    image: PluginImage
+    plugin: DevicePlugin
+    workloads: Workloads
+    outputs: dict[str, object] = field(default_factory=dict)
+
+
+def render_dir(settings: StackSettings) -> str:
+    """Relative render paths are taken from the repo root (where Pulumi.yaml lives)."""
+    path = Path(settings.render_yaml_dir)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    return os.path.relpath(path, Path.cwd())
+
+
+def kubernetes_provider(settings: StackSettings) -> k8s.Provider:
+    if settings.render_mode:
+        return k8s.Provider("render", render_yaml_to_directory=render_dir(settings))
+    return k8s.Provider("cluster", context=settings.kube_context or None)
+
+
+def run(settings: StackSettings | None = None) -> Program:
+    """Declare everything. Config errors surface before any resource exists."""
+    s = settings if settings is not None else settings_from_pulumi()
+    config = pulumi.Config(PROJECT)
+    password = config.get_secret("registryPassword") if s.registry_password else None
+
+    spec = load_image_spec()
+    image = PluginImage("qaic-device-plugin", PluginImageArgs(
+        spec=spec,
+        version=read_version(),
+        sha=git_sha(),
+        pinned_ref=s.image_ref,
+        registry=s.registry,
+        push=s.push,
+        registry_username=s.registry_username,
+        registry_password=password,
+        build_on_preview=s.build_on_preview,
+    ))
+
+    provider = kubernetes_provider(s)
+    k8s_opts = pulumi.ResourceOptions(providers=[provider])
+    plugin = DevicePlugin(
+        "qaic-device-plugin",
+        DevicePluginArgs(settings=s, image_ref=image.ref, registry_password=password),
+        opts=k8s_opts,
+    )
+    workloads = Workloads(
+        "qaic-samples", WorkloadsArgs(settings=s),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[plugin]),
+    )
+    outputs: dict[str, object] = {
+        "imageRef": image.ref,
+        "imageTags": image.tags,
+        "imageBuilt": image.built,
+        "namespace": plugin.namespace,
+        "daemonSetName": plugin.daemonset_name,
+        "skuBasedResources": s.sku_based_resources,
+        "resourceNames": plugin.resource_names,
+        "workloads": workloads.created,
+        "renderYamlDir": render_dir(s) if s.render_mode else "",
+    }
+    return Program(s, provider, image, plugin, workloads, outputs)
+
+
+def main() -> Program:
+    """Entry point used by ``infra/__main__.py``: one-line errors, then exports."""
+    from infra.settings import ConfigError
+
+    try:
+        program = run()
+    except ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    for key, value in program.outputs.items():
+        pulumi.export(key, value)
+    return program

@@ -1,0 +1,122 @@
+"""The seed's sample workloads, as typed pulumi-kubernetes specs.
+
+- pod example: one SoC, runs ``qaic-util -q`` once (the SDK's examples/pod-example.yml);
+- deployment: one replica holding one SoC, ``runAsGroup`` of the ``qaic`` group (995) so
+  the runtime tools work unprivileged (deploy-qaic-single.yaml);
+- 4-SoC job: asks for four SoCs in one pod. One Ultra card carries four SoCs behind its
+  on-card PCIe switch, so with SKU mode on it asks for ``qualcomm.com/qaic-ultra: 4`` and
+  fits exactly one Ultra card.
+
+Every spec passes the ``restricted`` Pod Security level: non-root, no privilege
+escalation, all capabilities dropped, RuntimeDefault seccomp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi_kubernetes as k8s
+
+QAIC_GROUP_ID = 995  # the `qaic` group on AI 100 hosts and in the SDK images
+WORKLOAD_UID = 1000
+QAIC_UTIL = "/opt/qti-aic/tools/qaic-util"
+
+
+@dataclass(frozen=True)
+class WorkloadParams:
+    resource_name: str
+    image: str
+    namespace: str
+    tolerations: list[dict[str, str]] = field(default_factory=list)
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/part-of": "qaic-k8s-samples",
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def _pod_security() -> k8s.core.v1.PodSecurityContextArgsDict:
+    return {
+        "run_as_non_root": True,
+        "run_as_user": WORKLOAD_UID,
+        "run_as_group": QAIC_GROUP_ID,
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(
+    params: WorkloadParams, socs: int, command: list[str]
+) -> k8s.core.v1.ContainerArgsDict:
+    amount = str(socs)
+    return {
+        "name": "qaic",
+        "image": params.image,
+        "image_pull_policy": "IfNotPresent",
+        "command": command,
+        "resources": {
+            # Extended resources: requests must equal limits.
+            "requests": {params.resource_name: amount, "cpu": "100m", "memory": "256Mi"},
+            "limits": {params.resource_name: amount, "memory": "1Gi"},
+        },
+        "security_context": {
+            "allow_privilege_escalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "read_only_root_filesystem": False,
+            "run_as_non_root": True,
+        },
+    }
+
+
+def _pod(
+    params: WorkloadParams, socs: int, command: list[str], restart: str
+) -> k8s.core.v1.PodSpecArgsDict:
+    return {
+        "restart_policy": restart,
+        "security_context": _pod_security(),
+        "tolerations": params.tolerations,  # type: ignore[typeddict-item]
+        "automount_service_account_token": False,
+        "containers": [_container(params, socs, command)],
+    }
+
+
+def pod_example_spec(params: WorkloadParams) -> tuple[str, k8s.core.v1.PodSpecArgsDict]:
+    """Name and spec of the one-SoC pod example."""
+    return "qaic-pod-example", _pod(params, 1, [QAIC_UTIL, "-q"], "Never")
+
+
+def deployment_spec(
+    params: WorkloadParams,
+) -> tuple[str, k8s.apps.v1.DeploymentSpecArgsDict]:
+    """Name and spec of the single-replica, one-SoC deployment."""
+    name = "qaic-inference"
+    command = ["/bin/sh", "-c", f"{QAIC_UTIL} -q && exec sleep infinity"]
+    return name, {
+        "replicas": 1,
+        "selector": {"match_labels": {"app.kubernetes.io/name": name}},
+        "strategy": {"type": "Recreate"},  # a SoC is never shared by old and new pod
+        "template": {
+            "metadata": {"labels": _labels(name)},
+            "spec": _pod(params, 1, command, "Always"),
+        },
+    }
+
+
+def ultra_job_spec(params: WorkloadParams) -> tuple[str, k8s.batch.v1.JobSpecArgsDict]:
+    """Name and spec of the 4-SoC job that only fits one Ultra card."""
+    name = "qaic-ultra-4soc"
+    return name, {
+        "backoff_limit": 0,
+        "active_deadline_seconds": 900,
+        "ttl_seconds_after_finished": 3600,
+        "template": {
+            "metadata": {"labels": _labels(name)},
+            "spec": _pod(params, 4, [QAIC_UTIL, "-q"], "Never"),
+        },
+    }
+
+
+def labels_for(name: str) -> dict[str, str]:
+    return _labels(name)
