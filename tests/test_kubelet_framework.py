@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
-
 from qaic_device_plugin.kubelet.feed import Feed
 from qaic_device_plugin.kubelet.manager import PluginManager, socket_name
 from qaic_device_plugin.kubelet.types import (
@@ -48,7 +47,10 @@ class ListBackend:
     async def preferred_allocation(
         self, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
-        return list(must_include) + [a for a in available if a not in must_include][: size - len(must_include)]
+        return (
+            list(must_include)
+            + [a for a in available if a not in must_include][: size - len(must_include)]
+        )
 
     async def pre_start(self, device_ids: Sequence[str]) -> None:
         if "bad" in device_ids:

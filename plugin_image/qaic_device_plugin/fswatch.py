@@ -8,6 +8,7 @@ never the state itself: callers always re-read what they care about.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator
@@ -68,7 +69,9 @@ async def _watch_existing(inotify: Inotify, path: Path) -> AsyncIterator[DirEven
     try:
         watch = inotify.add_watch(path, _DIR_MASK)
     except OSError as e:  # raced with removal
-        log.debug("watch failed", extra={"event": "watch_failed", "path": str(path), "error": str(e)})
+        log.debug(
+            "watch failed", extra={"event": "watch_failed", "path": str(path), "error": str(e)}
+        )
         return
     try:
         async for event in inotify:
@@ -87,10 +90,8 @@ async def _watch_existing(inotify: Inotify, path: Path) -> AsyncIterator[DirEven
             elif event.mask & Mask.ATTRIB:
                 yield DirEvent(Change.CHANGED, name)
     finally:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # already gone with the directory
             inotify.rm_watch(watch)
-        except (OSError, ValueError):
-            pass  # already gone with the directory
 
 
 async def _await_creation(inotify: Inotify, path: Path) -> None:
@@ -113,7 +114,5 @@ async def _await_creation(inotify: Inotify, path: Path) -> None:
                 if event.watch is watch:
                     break
         finally:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 inotify.rm_watch(watch)
-            except (OSError, ValueError):
-                pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -44,13 +44,16 @@ class Feed(Generic[T]):
             self._closed = True
             self._changed.notify_all()
 
+    def _newer_than(self, seen: int) -> Callable[[], bool]:
+        return lambda: self._version != seen or self._closed
+
     async def watch(self) -> AsyncIterator[T]:
         """Yield the current value at once, then each newer one until the feed closes."""
         seen = self._version
         yield self._value
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._version != seen or self._closed)
+                await self._changed.wait_for(self._newer_than(seen))
                 if self._closed:
                     return
                 seen = self._version

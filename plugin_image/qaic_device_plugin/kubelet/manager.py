@@ -126,7 +126,11 @@ class PluginManager:
             served.kick.set()
             log.info(
                 "serving resource",
-                extra={"event": "serving", "resource": name, "socket": str(served.server.socket_path)},
+                extra={
+                    "event": "serving",
+                    "resource": name,
+                    "socket": str(served.server.socket_path),
+                },
             )
 
     async def _drop(self, name: str) -> None:
@@ -161,8 +165,12 @@ class PluginManager:
                 error = f"{e.code().name}: {e.details()}"
                 log.warning(
                     "registration failed; retrying",
-                    extra={"event": "register_failed", "resource": name, "error": error,
-                           "retry_in_s": delay},
+                    extra={
+                        "event": "register_failed",
+                        "resource": name,
+                        "error": error,
+                        "retry_in_s": delay,
+                    },
                 )
                 self._observer.registration_failed(name, error)
                 with contextlib.suppress(TimeoutError):
@@ -178,9 +186,12 @@ class PluginManager:
             )
             log.info(
                 "registered with kubelet" if first else "re-registered with kubelet",
-                extra={"event": "registered" if first else "reregistered", "resource": name,
-                       "endpoint": served.server.socket_path.name,
-                       "since_kubelet_s": None if reaction is None else round(reaction, 4)},
+                extra={
+                    "event": "registered" if first else "reregistered",
+                    "resource": name,
+                    "endpoint": served.server.socket_path.name,
+                    "since_kubelet_s": None if reaction is None else round(reaction, 4),
+                },
             )
             self._observer.registered(name, first=first, reaction_seconds=reaction)
 

@@ -1,4 +1,4 @@
-"""The Register call to kubelet, made after our server is up (kubelet dials back before replying)."""
+"""The Register call to kubelet, made once our server is up: kubelet dials back before replying."""
 
 from __future__ import annotations
 

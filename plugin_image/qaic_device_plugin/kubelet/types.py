@@ -75,7 +75,7 @@ class RefusalKind(enum.Enum):
 
 
 class Refusal(Exception):
-    """A documented refusal of an RPC; the server maps it to a gRPC status, never a partial reply."""
+    """A documented refusal: the server maps it to a gRPC status, never a partial reply."""
 
     def __init__(self, kind: RefusalKind, message: str) -> None:
         super().__init__(message)

@@ -121,7 +121,9 @@ class KubeletSim:
 
     # -- what tests await --------------------------------------------------------------------
 
-    async def wait_for(self, predicate: Callable[[KubeletSim], bool], timeout: float = 10.0) -> None:
+    async def wait_for(
+        self, predicate: Callable[[KubeletSim], bool], timeout: float = 10.0
+    ) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
@@ -151,9 +153,12 @@ class KubeletSim:
 
     async def allocate(self, resource: str, *containers: Sequence[str]) -> pb.AllocateResponse:
         req = pb.AllocateRequest(
-            container_requests=[pb.ContainerAllocateRequest(devices_ids=list(c)) for c in containers]
+            container_requests=[
+                pb.ContainerAllocateRequest(devices_ids=list(c)) for c in containers
+            ]
         )
-        return await self.view(resource).stub.Allocate(req, timeout=10)
+        resp: pb.AllocateResponse = await self.view(resource).stub.Allocate(req, timeout=10)
+        return resp
 
     async def preferred(
         self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int
@@ -190,7 +195,7 @@ class KubeletSim:
             stub = pb_grpc.DevicePluginStub(channel)
             options = options_from_pb(await stub.GetDevicePluginOptions(pb.Empty(), timeout=10))
         except (TimeoutError, aio.AioRpcError) as e:
-            await channel.close()
+            await channel.close(None)
             return f"cannot dial plugin at {endpoint}: {e}"
         old = self.resources.get(request.resource_name)
         if old is not None:
@@ -235,7 +240,7 @@ class KubeletSim:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await view.channel.close()
+        await view.channel.close(None)
         view.connected = False
         if mark_unhealthy:
             view.health = dict.fromkeys(view.health, "Unhealthy")
@@ -246,7 +251,9 @@ class _Registrar(pb_grpc.RegistrationServicer):
         self._sim = sim
 
     async def Register(
-        self, request: pb.RegisterRequest, context: aio.ServicerContext[pb.RegisterRequest, pb.Empty]
+        self,
+        request: pb.RegisterRequest,
+        context: aio.ServicerContext[pb.RegisterRequest, pb.Empty],
     ) -> pb.Empty:
         reason = await self._sim._register(request)
         if reason is not None:
@@ -264,8 +271,7 @@ async def _main(plugin_dir: Path, expect: dict[str, int], timeout: float) -> int
         try:
             await sim.wait_for(
                 lambda k: all(
-                    r in k.resources and len(k.resources[r].healthy) == n
-                    for r, n in expect.items()
+                    r in k.resources and len(k.resources[r].healthy) == n for r, n in expect.items()
                 ),
                 timeout,
             )
@@ -293,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--plugin-dir", type=Path, required=True)
     parser.add_argument(
-        "--expect", action="append", default=[], metavar="RESOURCE=COUNT",
+        "--expect",
+        action="append",
+        default=[],
+        metavar="RESOURCE=COUNT",
         help="wait until RESOURCE lists COUNT healthy devices (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=60.0)

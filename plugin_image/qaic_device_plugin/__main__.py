@@ -1,0 +1,35 @@
+"""`qaic-device-plugin`: exit 2 on bad settings (one line, nothing created), 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import logs
+from .app import App
+from .settings import Settings, SettingsError, load
+
+
+async def _serve(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await App(settings).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load(argv)
+    except SettingsError as e:
+        for line in str(e).splitlines():
+            print(f"qaic-device-plugin: {line}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

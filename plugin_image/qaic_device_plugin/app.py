@@ -1,0 +1,197 @@
+"""Wires qaic discovery and health to the generic kubelet machinery, in one event loop.
+
+Every trigger (inotify on /dev/accel, a periodic rescan, a qaic-util poll, a kubelet call
+that wants fresh health) only marks the state dirty; one refresher re-reads everything and
+publishes, so bursts of events coalesce and no two scans race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .backend import QaicResource
+from .fswatch import watch_directory
+from .kubelet.manager import PluginManager
+from .qaic.inventory import Inventory, NodeState, SocState
+from .qaic.model import QaicUtilEntry
+from .qaic.qaic_util import QaicUtilError, find_qaic_util, query_qaic_util
+from .qaic.resources import resource_name
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.inventory = Inventory(settings.sysfs_root, settings.dev_root, settings.sku_overrides)
+        self.manager = PluginManager(settings.device_plugin_dir, clock=clock)
+        self.resources: dict[str, QaicResource] = {}
+        self.state: NodeState | None = None
+        self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
+        self._qaic_util: list[QaicUtilEntry] | None = None
+        self._dirty = asyncio.Event()
+        self._refreshed = asyncio.Condition()
+        self._generation = 0
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _group(self, state: NodeState) -> dict[str, list[SocState]]:
+        groups: dict[str, list[SocState]] = {}
+        for s in state.socs:
+            sku = s.sku.sku if self.settings.sku_based_resource_enabled else None
+            groups.setdefault(resource_name(sku), []).append(s)
+        return groups
+
+    def _new_resource(self, name: str) -> QaicResource:
+        return QaicResource(
+            name,
+            shares=self.settings.allowed_shares,
+            multi_soc_policy=self.settings.multi_soc_policy,
+            prestart_check=self.settings.prestart_check,
+            recheck=self.fresh_state,
+        )
+
+    async def refresh(self) -> NodeState:
+        state = self.inventory.scan(self._qaic_util)
+        for s in state.socs:
+            old = self.state.by_pci().get(s.soc.pci_address) if self.state else None
+            if old is None or old.healthy != s.healthy:
+                log.info(
+                    "SoC healthy" if s.healthy else "SoC unhealthy",
+                    extra={
+                        "event": "health",
+                        "pci": s.soc.pci_address,
+                        "accel": s.soc.accel_name,
+                        "healthy": s.healthy,
+                        "reasons": [f"{f.signal}: {f.detail}" for f in s.findings],
+                    },
+                )
+        for u in state.unreadable:
+            log.warning(
+                "health signal unreadable",
+                extra={"event": "signal_unreadable", "signal": u.signal, "detail": u.detail},
+            )
+        groups = self._group(state)
+        for name in groups:
+            if name not in self.resources:
+                self.resources[name] = self._new_resource(name)
+        for name, res in self.resources.items():
+            await res.update(groups.get(name, []))
+        # A resource is served while it has SoCs; one whose last SoC left is dropped
+        # (kubelet marks it unhealthy and removes it after its grace period).
+        for name in [n for n in self.resources if n not in groups]:
+            await self.resources.pop(name).close()
+        await self.manager.set_backends({n: self.resources[n] for n in groups})
+        self.state = state
+        async with self._refreshed:
+            self._generation += 1
+            self._refreshed.notify_all()
+        return state
+
+    async def fresh_state(self) -> dict[str, SocState]:
+        """Health as of now (PreStartContainer): wait for a refresh that started after the call."""
+        async with self._refreshed:
+            target = self._generation + 1 + (1 if self._dirty.is_set() else 0)
+            self._dirty.set()
+            await self._refreshed.wait_for(lambda: self._generation >= target)
+        assert self.state is not None
+        return self.state.by_pci()
+
+    async def poll_qaic_util(self) -> None:
+        if self.qaic_util_path is None:
+            return
+        try:
+            self._qaic_util = await query_qaic_util(
+                self.qaic_util_path, self.settings.qaic_util_timeout_seconds
+            )
+        except QaicUtilError as e:
+            # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
+            self._qaic_util = None
+            log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": str(e)})
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _refresher(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self.refresh()
+
+    async def _watch_dev(self) -> None:
+        async for _ in watch_directory(self.settings.dev_root / "accel"):
+            self._dirty.set()
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self._dirty.set()
+
+    async def _qaic_util_poller(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_poll_seconds)
+            await self.poll_qaic_util()
+            self._dirty.set()
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {
+            "refresher": self._refresher(),
+            "dev-watch": self._watch_dev(),
+            "resync": self._resync(),
+            "qaic-util-poll": self._qaic_util_poller(),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until `stop` is set (exit 0) or a loop dies (exit 1: let the DaemonSet
+        restart us rather than advertise devices nobody watches)."""
+        s = self.settings
+        log.info(
+            "starting",
+            extra={
+                "event": "start",
+                "sku_mode": s.sku_based_resource_enabled,
+                "shares": s.allowed_shares,
+                "sysfs_root": str(s.sysfs_root),
+                "dev_root": str(s.dev_root),
+                "plugin_dir": str(s.device_plugin_dir),
+                "qaic_util": self.qaic_util_path or "absent",
+            },
+        )
+        if self.qaic_util_path is None:
+            log.info(
+                "qaic-util not found; SKUs from topology and overrides, no Status signal",
+                extra={"event": "qaic_util_absent"},
+            )
+        await self.manager.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.poll_qaic_util()
+            await self.refresh()
+            tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            failed = [t for t in done if t is not stopper]
+            for t in failed:
+                exc = t.exception()
+                log.error(
+                    "internal loop died; exiting",
+                    exc_info=exc,
+                    extra={"event": "loop_died", "loop": t.get_name()},
+                )
+            return 1 if failed else 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.manager.close()
+            for res in self.resources.values():
+                await res.close()
+            log.info("stopped", extra={"event": "stop"})

@@ -1,0 +1,174 @@
+"""One qaic resource as a kubelet Backend: device IDs, Allocate, preferred allocation, pre-start.
+
+This is the only module that knows both sides: it turns SoC state into generic devices and
+DeviceSpecs. Device IDs are PCI addresses (stable across restarts and reboots, <= 63 chars);
+with shares, `<pci>::<n>` replicas.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from .kubelet.feed import Feed
+from .kubelet.types import (
+    ContainerAllocation,
+    Device,
+    DeviceSpec,
+    PluginOptions,
+    Refusal,
+    RefusalKind,
+)
+from .qaic.inventory import SocState
+from .qaic.topology import Placement, cards_spanned, preferred_allocation, spread_replicas
+
+log = logging.getLogger(__name__)
+
+VISIBLE_DEVICES_ENV = "QAIC_VISIBLE_DEVICES"
+REPLICA_SEP = "::"
+
+
+class MultiSocPolicy(enum.StrEnum):
+    PREFER = "prefer"  # allow cross-card sets, log and count them
+    REQUIRE = "require"  # refuse cross-card sets at Allocate
+
+
+def device_ids(pci: str, shares: int) -> list[str]:
+    return [pci] if shares == 1 else [f"{pci}{REPLICA_SEP}{n}" for n in range(shares)]
+
+
+def soc_of(device_id: str) -> str:
+    return device_id.split(REPLICA_SEP, 1)[0]
+
+
+class QaicResource:
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        shares: int = 1,
+        multi_soc_policy: MultiSocPolicy = MultiSocPolicy.PREFER,
+        prestart_check: bool = False,
+        recheck: Callable[[], Awaitable[dict[str, SocState]]] | None = None,
+        on_cross_card: Callable[[str, str], None] | None = None,  # (resource, rpc)
+    ) -> None:
+        self._name = resource_name
+        self._shares = shares
+        self._policy = multi_soc_policy
+        self._options = PluginOptions(
+            pre_start_required=prestart_check, get_preferred_allocation_available=True
+        )
+        self._recheck = recheck
+        self._on_cross_card = on_cross_card
+        self._devices: Feed[tuple[Device, ...]] = Feed(())
+        self._socs: dict[str, SocState] = {}
+        self._placements: tuple[Placement, ...] = ()
+
+    @property
+    def resource_name(self) -> str:
+        return self._name
+
+    @property
+    def options(self) -> PluginOptions:
+        return self._options
+
+    @property
+    def devices(self) -> Feed[tuple[Device, ...]]:
+        return self._devices
+
+    @property
+    def socs(self) -> dict[str, SocState]:
+        return self._socs
+
+    async def update(self, socs: Sequence[SocState]) -> None:
+        """Publish a new snapshot (a no-op for kubelet when nothing changed)."""
+        self._socs = {s.soc.pci_address: s for s in socs}
+        devices: list[Device] = []
+        placements: list[Placement] = []
+        for s in sorted(socs, key=lambda s: s.soc.pci_address):
+            numa = (s.soc.numa_node,) if s.soc.numa_node is not None else ()
+            for did in device_ids(s.soc.pci_address, self._shares):
+                devices.append(Device(did, s.healthy, numa))
+                placements.append(Placement(did, s.soc.pci_address, s.soc.card_id, s.soc.numa_node))
+        self._placements = tuple(placements)
+        await self._devices.publish(tuple(devices))
+
+    async def close(self) -> None:
+        await self._devices.close()
+
+    # -- kubelet calls -----------------------------------------------------------------------
+
+    def _resolve(self, ids: Sequence[str], socs: dict[str, SocState]) -> list[SocState]:
+        """Map device IDs to distinct SoCs; refuse unknown or unhealthy ones, all or nothing."""
+        chosen: dict[str, SocState] = {}
+        for did in ids:
+            pci = soc_of(did)
+            state = socs.get(pci)
+            if state is None or did not in device_ids(pci, self._shares):
+                raise Refusal(
+                    RefusalKind.INVALID_ARGUMENT,
+                    f"unknown device {did!r} for resource {self._name}",
+                )
+            if not state.healthy:
+                why = "; ".join(f.detail for f in state.findings)
+                raise Refusal(
+                    RefusalKind.FAILED_PRECONDITION,
+                    f"device {did!r} ({state.soc.accel_name}) is unhealthy: {why}",
+                )
+            chosen[pci] = state
+        return [chosen[p] for p in sorted(chosen)]
+
+    async def allocate(self, requests: Sequence[Sequence[str]]) -> list[ContainerAllocation]:
+        resolved = [self._resolve(ids, self._socs) for ids in requests]
+        out: list[ContainerAllocation] = []
+        for ids, socs in zip(requests, resolved, strict=True):
+            cards = sorted({s.soc.card_id for s in socs})
+            if len(cards) > 1 and self._shares == 1:
+                if self._policy is MultiSocPolicy.REQUIRE:
+                    raise Refusal(
+                        RefusalKind.FAILED_PRECONDITION,
+                        f"{len(socs)} SoCs span cards {', '.join(cards)}; "
+                        "QAIC_MULTI_SOC_POLICY=require needs them on one card",
+                    )
+                log.warning(
+                    "multi-SoC allocation spans cards",
+                    extra={"event": "cross_card", "resource": self._name, "cards": cards},
+                )
+                if self._on_cross_card is not None:
+                    self._on_cross_card(self._name, "allocate")
+            paths = [f"/dev/{s.soc.dev_relpath}" for s in socs]
+            qids = ",".join(str(q) for q in sorted(s.soc.qid for s in socs))
+            log.info(
+                "allocated",
+                extra={
+                    "event": "allocate",
+                    "resource": self._name,
+                    "devices": list(ids),
+                    "dev_paths": paths,
+                    VISIBLE_DEVICES_ENV: qids,
+                },
+            )
+            out.append(
+                ContainerAllocation(
+                    devices=[DeviceSpec(p, p, "rw") for p in paths],
+                    envs={VISIBLE_DEVICES_ENV: qids},
+                )
+            )
+        return out
+
+    async def preferred_allocation(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        pick = spread_replicas if self._shares > 1 else preferred_allocation
+        result = pick(self._placements, available, must_include, size)
+        if size > 1 and self._shares == 1:
+            spanned = cards_spanned(self._placements, result)
+            if len(spanned) > 1 and self._on_cross_card is not None:
+                self._on_cross_card(self._name, "preferred")
+        return result
+
+    async def pre_start(self, device_ids: Sequence[str]) -> None:
+        """Re-check health right before a container starts; refuse a SoC that went bad."""
+        socs = await self._recheck() if self._recheck is not None else self._socs
+        self._resolve(device_ids, {p: s for p, s in socs.items() if p in self._socs})

@@ -1,0 +1,258 @@
+"""Typed settings: flag > environment > YAML file (QAIC_CONFIG_FILE) > default.
+
+Every setting has one canonical name, the environment variable deployments already use; the
+YAML file takes the same names, and each has a kebab-case flag. Bad input becomes one line
+naming the setting, its value and what is accepted (SettingsError), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic_settings
+import yaml
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from . import __version__
+from .backend import MultiSocPolicy
+from .qaic.model import Sku
+
+CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
+_BOOL = "1/0/true/false/yes/no"
+
+
+def _setting(env: str, default: Any, description: str, accepted: str, **constraints: Any) -> Any:
+    return Field(
+        default,
+        validation_alias=AliasChoices(env, env.lower()),
+        description=description,
+        json_schema_extra={"env": env, "accepted": accepted},
+        **constraints,
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=False)
+
+    sysfs_root: Path = _setting(
+        "QAIC_SYSFS_ROOT", Path("/sys"), "where the host's sysfs is mounted", "a directory path"
+    )
+    dev_root: Path = _setting(
+        "QAIC_DEV_ROOT",
+        Path("/dev"),
+        "where the host's /dev is mounted (read for health)",
+        "a directory path",
+    )
+    device_plugin_dir: Path = _setting(
+        "QAIC_DEVICE_PLUGIN_DIR",
+        Path("/var/lib/kubelet/device-plugins"),
+        "kubelet's device-plugin directory (kubelet.sock and our sockets)",
+        "a directory path",
+    )
+    sku_based_resource_enabled: bool = _setting(
+        "QAIC_SKU_BASED_RESOURCE_ENABLED",
+        False,
+        "one resource per SKU (qualcomm.com/qaic-std|pro|ultra) instead of qualcomm.com/qaic",
+        _BOOL,
+    )
+    allowed_shares: int = _setting(
+        "ALLOWED_QAIC_DEVICE_SHARES",
+        1,
+        "pods that may share one SoC (>1 turns card-topology preference off)",
+        "an integer from 1 to 64",
+        ge=1,
+        le=64,
+    )
+    qaic_util_path: str | None = _setting(
+        "QAIC_UTIL_PATH",
+        None,
+        "qaic-util binary (default: PATH, then /opt/qti-aic/tools/qaic-util); optional",
+        "a file path",
+    )
+    qaic_util_timeout_seconds: float = _setting(
+        "QAIC_UTIL_TIMEOUT_SECONDS",
+        10.0,
+        "how long one qaic-util run may take",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    sku_overrides: dict[str, Sku] = _setting(
+        "QAIC_SKU_OVERRIDES",
+        {},
+        'SKU per PCI address where qaic-util is absent, as JSON, e.g. {"0000:05:00.0": "pro"}',
+        "a JSON object of PCI address to one of " + ", ".join(s.value for s in Sku),
+    )
+    resync_seconds: float = _setting(
+        "QAIC_RESYNC_SECONDS",
+        5.0,
+        "periodic sysfs rescan, the safety net under inotify/udev events",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    health_poll_seconds: float = _setting(
+        "QAIC_HEALTH_POLL_SECONDS",
+        30.0,
+        "how often qaic-util -q is polled for Status",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    multi_soc_policy: MultiSocPolicy = _setting(
+        "QAIC_MULTI_SOC_POLICY",
+        MultiSocPolicy.PREFER,
+        "multi-SoC sets spanning cards: prefer (allow, log, count) or require (refuse)",
+        "one of prefer, require",
+    )
+    prestart_check: bool = _setting(
+        "QAIC_PRESTART_CHECK",
+        False,
+        "re-check SoC health in PreStartContainer before every container start",
+        _BOOL,
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = _setting(
+        "QAIC_LOG_LEVEL", "info", "log level", "one of debug, info, warning, error"
+    )
+    log_format: Literal["text", "json"] = _setting(
+        "QAIC_LOG_FORMAT",
+        "text",
+        "log line format (json for log collectors)",
+        "one of text, json",
+    )
+
+    @field_validator("log_level", "log_format", "multi_soc_policy", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("sku_overrides", mode="before")
+    @classmethod
+    def _lower_keys(cls, v: object) -> object:
+        if isinstance(v, Mapping):
+            return {str(k).lower(): (s.lower() if isinstance(s, str) else s) for k, s in v.items()}
+        return v
+
+
+class SettingsError(Exception):
+    """One line per bad setting, ready to print."""
+
+
+def _env_name(name: str, info: FieldInfo) -> str:
+    extra = info.json_schema_extra
+    return str(extra["env"]) if isinstance(extra, dict) else name.upper()
+
+
+def _accepted(info: FieldInfo) -> str:
+    extra = info.json_schema_extra
+    return str(extra.get("accepted")) if isinstance(extra, dict) else "?"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qaic-device-plugin",
+        description="Kubernetes device plugin for Qualcomm Cloud AI 100 accelerators. "
+        "Each setting is a flag, an environment variable, or a key of the YAML file named by "
+        f"{CONFIG_FILE_ENV} (flag > env > file > default).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"qaic-device-plugin {__version__}")
+    parser.add_argument(
+        "--config-file",
+        metavar="PATH",
+        dest="config_file",
+        help=f"YAML settings file [env {CONFIG_FILE_ENV}]",
+    )
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        default = info.default if not isinstance(info.default, Path) else str(info.default)
+        is_bool = info.annotation is bool
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            metavar="BOOL" if is_bool else "VALUE",
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            help=f"{info.description} [env {extra.get('env')}; accepts {extra.get('accepted')}; "
+            f"default {default!r}]",
+        )
+    return parser
+
+
+def _describe(error: Mapping[str, Any], flags: Mapping[str, str]) -> str:
+    loc = str(error["loc"][0]) if error["loc"] else "?"
+    for name, info in Settings.model_fields.items():
+        env = _env_name(name, info)
+        if loc in (name, env, env.lower()):
+            where = f" (flag {_flag(name)})" if name in flags else ""
+            return f"invalid setting {env}={error['input']!r}{where}: accepted: {_accepted(info)}"
+    accepted = ", ".join(_env_name(n, i) for n, i in Settings.model_fields.items())
+    return f"unknown setting {loc!r} in the config file: accepted keys: {accepted}"
+
+
+def _reading(config_file: Path | None) -> type[Settings]:
+    """Settings whose sources are flags (init) > environment > this YAML file."""
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if config_file is None:
+                return (init_settings, env_settings)
+            return (
+                init_settings,
+                env_settings,
+                YamlConfigSettingsSource(settings_cls, yaml_file=config_file),
+            )
+
+    return _Sourced
+
+
+def load(argv: Sequence[str] | None = None) -> Settings:
+    """Parse flags, environment and the optional YAML file; raise SettingsError on bad input."""
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config_file", None) or os.environ.get(CONFIG_FILE_ENV)
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise SettingsError(
+            f"invalid setting {CONFIG_FILE_ENV}={config_file!r}: file not found; "
+            "accepted: the path of a readable YAML file"
+        )
+    by_env = {_env_name(n, Settings.model_fields[n]): v for n, v in args.items()}
+    try:
+        return _reading(path)(**by_env)
+    except ValidationError as e:
+        raise SettingsError("\n".join(_describe(err, args) for err in e.errors())) from None
+    except pydantic_settings.SettingsError as e:  # a complex value (JSON) that does not parse
+        field = str(e).split('"')[1] if '"' in str(e) else "?"
+        info = Settings.model_fields.get(field)
+        env = _env_name(field, info) if info else field
+        raw = os.environ.get(env, os.environ.get(env.lower(), ""))
+        raise SettingsError(
+            f"invalid setting {env}={raw!r}: not valid JSON; accepted: "
+            + (_accepted(info) if info else "JSON")
+        ) from None
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+        reason = " ".join(str(e).split())  # YAML errors span lines; keep one
+        raise SettingsError(
+            f"invalid setting {CONFIG_FILE_ENV}={config_file!r}: {reason}; "
+            "accepted: a YAML mapping of setting names to values"
+        ) from None
