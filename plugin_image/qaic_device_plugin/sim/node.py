@@ -86,7 +86,7 @@ class FakeSoc:
     sku: Sku
     numa_node: int  # as written to sysfs; -1 means none
     qid: int  # index among present qaic SoCs in PCI-address order
-    card_id: str  # what discovery should report: on-card switch upstream port, or own address
+    card_id: str  # the physical card: its on-card switch upstream port, or the SoC's own address
 
 
 @dataclass
@@ -146,8 +146,12 @@ def _bdf(bus: int, dev: int, fn: int) -> str:
 
 
 def _link(link: Path, target: Path) -> None:
-    """A relative symlink, as sysfs has them (bind-mounting the tree elsewhere keeps it valid)."""
-    os.symlink(os.path.relpath(target, link.parent), link)
+    """A relative symlink spelled as kernfs spells it (bind-mounting the tree keeps it valid).
+
+    kernfs climbs to a strict ancestor of the target, so a link to an ancestor reads
+    `../../../0000:35:00.0`, never `../..`.
+    """
+    os.symlink(os.path.join(os.path.relpath(target.parent, link.parent), target.name), link)
 
 
 def _unlink(path: Path) -> None:
@@ -645,6 +649,10 @@ def _specs(ultra: int, std: int, pro: int) -> Iterator[CardSpec]:
     kinds = [Sku.ULTRA] * ultra + [Sku.STANDARD] * std + [Sku.PRO] * pro
     for i, sku in enumerate(kinds):
         yield CardSpec(sku, numa_node=i % 2)
+
+
+#: The project demo's node: 2 Ultra, 1 Standard, 1 Pro over NUMA nodes 0 and 1.
+DEMO_CARDS: tuple[CardSpec, ...] = tuple(_specs(2, 1, 1))
 
 
 def summary(node: FakeNode) -> dict[str, Any]:
