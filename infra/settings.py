@@ -92,113 +92,151 @@ class StackSettings(BaseModel):
 
     # --- where the manifests go -----------------------------------------------------------
     render_yaml_dir: str = Field(
-        "", alias="renderYamlDir",
+        default="",
+        alias="renderYamlDir",
         description="a directory path (empty = apply to the cluster)",
     )
     kube_context: str = Field(
-        "", alias="kubeContext", description="a kubeconfig context name (empty = current)"
+        default="", alias="kubeContext", description="a kubeconfig context name (empty = current)"
     )
     namespace: str = Field(
-        "qaic-system", alias="namespace", pattern=f"^{_DNS_LABEL}$", max_length=63,
+        default="qaic-system",
+        alias="namespace",
+        pattern=f"^{_DNS_LABEL}$",
+        max_length=63,
         description="a DNS-1123 label (kube-system is used as is, anything else is created)",
     )
     # --- the image ------------------------------------------------------------------------
     image_ref: str = Field(
-        "", alias="imageRef",
+        default="",
+        alias="imageRef",
         description="an image reference such as host/repo:tag@sha256:... (empty = build)",
     )
     registry: str = Field(
-        "", alias="registry", pattern=r"^([a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)?$",
+        default="",
+        alias="registry",
+        pattern=r"^([a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)?$",
         description="a registry repository prefix such as ghcr.io/acme (empty = none)",
     )
     registry_username: str = Field(
-        "", alias="registryUsername", description="a registry user name"
+        default="", alias="registryUsername", description="a registry user name"
     )
     registry_password: str = Field(
-        "", alias="registryPassword",
+        default="",
+        alias="registryPassword",
         description="a registry password or token, set with `pulumi config set --secret`",
     )
-    push: bool = Field(False, alias="push", description="true or false")
-    build_on_preview: bool = Field(False, alias="buildOnPreview", description="true or false")
-    create_pull_secret: bool = Field(False, alias="createPullSecret", description="true or false")
+    push: bool = Field(default=False, alias="push", description="true or false")
+    build_on_preview: bool = Field(
+        default=False, alias="buildOnPreview", description="true or false"
+    )
+    create_pull_secret: bool = Field(
+        default=False, alias="createPullSecret", description="true or false"
+    )
     # --- the plugin's settings (environment variables) -----------------------------------
     sku_based_resources: bool = Field(
-        False, alias="skuBasedResources", description="true or false"
+        default=False, alias="skuBasedResources", description="true or false"
     )
     allowed_device_shares: int = Field(
-        1, alias="allowedDeviceShares", ge=1, le=64, description="an integer from 1 to 64"
+        default=1, alias="allowedDeviceShares", ge=1, le=64, description="an integer from 1 to 64"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", alias="logLevel", description="debug, info, warning or error"
+        default="info", alias="logLevel", description="debug, info, warning or error"
     )
     log_format: Literal["text", "json"] = Field(
-        "text", alias="logFormat", description="text or json"
+        default="text", alias="logFormat", description="text or json"
     )
     metrics_port: int = Field(
-        9410, alias="metricsPort", ge=0, le=65535,
+        default=9410,
+        alias="metricsPort",
+        ge=0,
+        le=65535,
         description="an integer from 0 to 65535 (0 disables /metrics and /healthz)",
     )
     multi_soc_policy: Literal["prefer", "require"] = Field(
-        "prefer", alias="multiSocPolicy", description="prefer or require"
+        default="prefer", alias="multiSocPolicy", description="prefer or require"
     )
     health_poll_seconds: int = Field(
-        30, alias="healthPollSeconds", ge=1, le=3600, description="an integer from 1 to 3600"
+        default=30,
+        alias="healthPollSeconds",
+        ge=1,
+        le=3600,
+        description="an integer from 1 to 3600",
     )
-    prestart_check: bool = Field(True, alias="prestartCheck", description="true or false")
+    prestart_check: bool = Field(default=True, alias="prestartCheck", description="true or false")
     nfd_features_dir: str = Field(
-        "", alias="nfdFeaturesDir", pattern=r"^(/.*)?$",
+        default="",
+        alias="nfdFeaturesDir",
+        pattern=r"^(/.*)?$",
         description="an absolute host path (empty = NFD feature files off)",
     )
-    cdi_enabled: bool = Field(False, alias="cdiEnabled", description="true or false")
+    cdi_enabled: bool = Field(default=False, alias="cdiEnabled", description="true or false")
     cdi_dir: str = Field(
-        "/var/run/cdi", alias="cdiDir", pattern=r"^/.+$", description="an absolute host path"
+        default="/var/run/cdi",
+        alias="cdiDir",
+        pattern=r"^/.+$",
+        description="an absolute host path",
     )
     sku_overrides: tuple[str, ...] = Field(
-        (), alias="skuOverrides",
+        default=(),
+        alias="skuOverrides",
         description='a JSON array of "<pci address>=<std|pro|ultra>" strings',
     )
     # --- placement and footprint ---------------------------------------------------------
-    host_network: bool = Field(True, alias="hostNetwork", description="true or false")
+    host_network: bool = Field(default=True, alias="hostNetwork", description="true or false")
     node_selector: tuple[str, ...] = Field(
-        ("qualcomm.com/qaic=true",), alias="nodeSelector",
+        default=("qualcomm.com/qaic=true",),
+        alias="nodeSelector",
         description='a JSON array of "<label>=<value>" strings',
     )
     tolerations: tuple[str, ...] = Field(
-        ("qualcomm.com/qaic:NoSchedule",), alias="tolerations",
+        default=("qualcomm.com/qaic:NoSchedule",),
+        alias="tolerations",
         description='a JSON array of "<key>[=<value>][:<Effect>]" strings',
     )
     priority_class_name: str = Field(
-        "system-node-critical", alias="priorityClassName", pattern=f"^{_DNS_LABEL}$",
+        default="system-node-critical",
+        alias="priorityClassName",
+        pattern=f"^{_DNS_LABEL}$",
         description="a PriorityClass name",
     )
-    cpu_request: str = Field("20m", alias="cpuRequest", description="a CPU quantity such as 20m")
-    cpu_limit: str = Field("", alias="cpuLimit", description="a CPU quantity or empty (no limit)")
+    cpu_request: str = Field(
+        default="20m", alias="cpuRequest", description="a CPU quantity such as 20m"
+    )
+    cpu_limit: str = Field(
+        default="", alias="cpuLimit", description="a CPU quantity or empty (no limit)"
+    )
     memory_request: str = Field(
-        "50Mi", alias="memoryRequest", description="a memory quantity such as 50Mi"
+        default="50Mi", alias="memoryRequest", description="a memory quantity such as 50Mi"
     )
     memory_limit: str = Field(
-        "128Mi", alias="memoryLimit", description="a memory quantity such as 128Mi"
+        default="128Mi", alias="memoryLimit", description="a memory quantity such as 128Mi"
     )
     # --- sample workloads ----------------------------------------------------------------
     workload_pod_example: bool = Field(
-        False, alias="workloadPodExample", description="true or false"
+        default=False, alias="workloadPodExample", description="true or false"
     )
     workload_deployment: bool = Field(
-        False, alias="workloadDeployment", description="true or false"
+        default=False, alias="workloadDeployment", description="true or false"
     )
-    workload_ultra_job: bool = Field(False, alias="workloadUltraJob", description="true or false")
+    workload_ultra_job: bool = Field(
+        default=False, alias="workloadUltraJob", description="true or false"
+    )
     workload_sku: Literal["std", "pro", "ultra"] = Field(
-        "std", alias="workloadSku", description="std, pro or ultra"
+        default="std", alias="workloadSku", description="std, pro or ultra"
     )
     workload_image: str = Field(
-        "", alias="workloadImage", description="an AI 100 runtime image reference"
+        default="", alias="workloadImage", description="an AI 100 runtime image reference"
     )
     workload_namespace: str = Field(
-        "qaic-workloads", alias="workloadNamespace", pattern=f"^{_DNS_LABEL}$", max_length=63,
+        default="qaic-workloads",
+        alias="workloadNamespace",
+        pattern=f"^{_DNS_LABEL}$",
+        max_length=63,
         description="a DNS-1123 label",
     )
     # --- CI ------------------------------------------------------------------------------
-    ci_deploy: bool = Field(False, alias="ciDeploy", description="true or false")
+    ci_deploy: bool = Field(default=False, alias="ciDeploy", description="true or false")
 
     @field_validator("sku_overrides", "node_selector", "tolerations", mode="before")
     @classmethod
@@ -313,7 +351,7 @@ def raw_config(project: str = PROJECT) -> dict[str, str]:
     out: dict[str, str] = {}
     for full_key, value in merged.items():
         if full_key.startswith(prefix):
-            out[full_key[len(prefix):]] = value if isinstance(value, str) else json.dumps(value)
+            out[full_key[len(prefix) :]] = value if isinstance(value, str) else json.dumps(value)
     return out
 
 
@@ -322,7 +360,7 @@ def secret_keys(project: str = PROJECT) -> set[str]:
     keys = set(runtime_config.get_config_secret_keys_env())
     keys |= {k for k in runtime_config.CONFIG.get() if runtime_config.is_config_secret(k)}
     prefix = f"{project}:"
-    return {k[len(prefix):] for k in keys if k.startswith(prefix)}
+    return {k[len(prefix) :] for k in keys if k.startswith(prefix)}
 
 
 def _shown(value: object) -> str:
@@ -338,9 +376,7 @@ def _fail(stack: str, key: str, value: object, accepted: str) -> ConfigError:
 
 
 def _combination(stack: str, key: str, value: object, problem: str) -> ConfigError:
-    return ConfigError(
-        f"stack {stack!r}: config key '{PROJECT}:{key}' = {_shown(value)} {problem}"
-    )
+    return ConfigError(f"stack {stack!r}: config key '{PROJECT}:{key}' = {_shown(value)} {problem}")
 
 
 def load_settings(
@@ -352,8 +388,10 @@ def load_settings(
     for key in sorted(raw):
         if key not in FIELDS_BY_ALIAS:
             close = difflib.get_close_matches(key, list(FIELDS_BY_ALIAS), n=1)
-            hint = f"did you mean '{PROJECT}:{close[0]}'?" if close else (
-                "one of the keys declared in Pulumi.yaml"
+            hint = (
+                f"did you mean '{PROJECT}:{close[0]}'?"
+                if close
+                else ("one of the keys declared in Pulumi.yaml")
             )
             raise ConfigError(
                 f"stack {stack!r}: config key '{PROJECT}:{key}' = {_shown(raw[key])} is "
@@ -372,7 +410,9 @@ def load_settings(
     s = settings
     if s.registry_password and "registryPassword" not in secrets:
         raise _combination(
-            stack, "registryPassword", "<redacted>",
+            stack,
+            "registryPassword",
+            "<redacted>",
             "is plain text; set it with `pulumi config set --secret qaic-k8s:registryPassword`",
         )
     if s.push and not s.registry:
@@ -393,17 +433,23 @@ def load_settings(
         )
     if s.create_pull_secret and not s.registry_username:
         raise _combination(
-            stack, "createPullSecret", "true",
+            stack,
+            "createPullSecret",
+            "true",
             "needs qaic-k8s:registryUsername and qaic-k8s:registryPassword",
         )
     if s.sku_overrides and not s.sku_based_resources:
         raise _combination(
-            stack, "skuOverrides", list(s.sku_overrides),
+            stack,
+            "skuOverrides",
+            list(s.sku_overrides),
             "has no effect unless qaic-k8s:skuBasedResources is true",
         )
     if s.workload_ultra_job and s.allowed_device_shares > 1:
         raise _combination(
-            stack, "workloadUltraJob", "true",
+            stack,
+            "workloadUltraJob",
+            "true",
             "needs qaic-k8s:allowedDeviceShares = 1 (shares turn topology-aware "
             "allocation off, so 4 SoCs of one Ultra card cannot be guaranteed)",
         )
@@ -413,7 +459,9 @@ def load_settings(
         )
     if s.render_mode and s.kube_context:
         raise _combination(
-            stack, "kubeContext", s.kube_context,
+            stack,
+            "kubeContext",
+            s.kube_context,
             "conflicts with qaic-k8s:renderYamlDir (rendering never talks to a cluster)",
         )
     if s.cpu_limit and _to_millicores(s.cpu_limit) < _to_millicores(s.cpu_request):
@@ -422,14 +470,25 @@ def load_settings(
         )
     if _to_bytes(s.memory_limit) < _to_bytes(s.memory_request):
         raise _combination(
-            stack, "memoryLimit", s.memory_limit,
+            stack,
+            "memoryLimit",
+            s.memory_limit,
             f"is below qaic-k8s:memoryRequest ({s.memory_request})",
         )
     return settings
 
 
-_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_SUFFIX = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def _to_bytes(quantity: str) -> float:

@@ -46,7 +46,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["digest"] = FAKE_DIGEST
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
 
     def of_type(self, typ: str) -> list[Recorded]:
@@ -159,7 +161,7 @@ def run_program(
     result: dict[str, Any] = {}
     applied: list[str] = []
 
-    @pulumi.runtime.test  # type: ignore[misc]
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def go() -> pulumi.Output[None]:
         program = run()
         result["program"] = program
@@ -183,7 +185,28 @@ def run_stack_file(path: Path) -> Run:
 
 # --- recorded inputs -> manifests ------------------------------------------------------------
 
+SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_secret_sig
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def unsecret(value: Any) -> Any:
+    """Strip the secret wrappers the SDK puts around secret inputs."""
+    if is_secret(value):
+        return unsecret(value["value"])
+    if isinstance(value, dict):
+        return {k: unsecret(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unsecret(v) for v in value]
+    return value
+
+
 def _clean(value: Any) -> Any:
+    if is_secret(value):
+        return _clean(value["value"])
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
@@ -198,7 +221,7 @@ def manifest(rec: Recorded) -> dict[str, Any]:
     _, group_version, kind = rec.typ.split(":")
     group, _, version = group_version.partition("/")
     api_version = version if group == "core" else f"{group}/{version}"
-    body = _clean(rec.inputs)
+    body: dict[str, Any] = _clean(rec.inputs)
     body["apiVersion"] = api_version
     body["kind"] = kind
     return body
@@ -211,3 +234,25 @@ def kubernetes_objects(mocks: RecordingMocks) -> list[dict[str, Any]]:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def run_components(build: Any, stack: str = "unit") -> tuple[RecordingMocks, dict[str, Any]]:
+    """Run ``build() -> {name: Input}`` under mocks (preview=False); resolve the dict."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_all_config({}, [])
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def go() -> pulumi.Output[None]:
+        outs = {k: pulumi.Output.from_input(v) for k, v in build().items()}
+        return pulumi.Output.all(**outs).apply(result.update)
+
+    go()
+    assert result or not build, "the output callback never ran"
+    return mocks, result
+
+
+def registered_urns() -> list[str]:
+    monitor = pulumi.runtime.settings.get_monitor()
+    return sorted(monitor.get_registered_resources())  # type: ignore[union-attr]

@@ -1,0 +1,223 @@
+"""One test per stack file (read as the CLI reads it), the whole program under mocks, and
+every Kubernetes object each stack would create validated strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pulumi
+import pytest
+from infra_harness import (
+    FAKE_DIGEST,
+    Run,
+    fake_decrypt,
+    is_secret,
+    kubernetes_objects,
+    manifest,
+    read_stack,
+    run_program,
+    run_stack_file,
+    stack_files,
+    stack_name,
+    unsecret,
+)
+
+from infra.image_spec import read_version
+
+VERSION = read_version()
+SHA12 = "0123456789ab"
+K8S_VERSIONS = ["1.30", kubernetes_validate.utils.latest_version()]
+
+STACKS = {stack_name(p): p for p in stack_files()}
+
+
+def test_every_stack_file_has_its_own_test() -> None:
+    tested = {name[len("test_stack_"):].replace("_", "-") for name in globals()
+              if name.startswith("test_stack_")}
+    assert set(STACKS) == tested
+    assert {"dev", "edge-pool", "ultra-prod"} <= set(STACKS)
+
+
+def daemonset(run: Run) -> dict[str, Any]:
+    return manifest(run.mocks.one("kubernetes:apps/v1:DaemonSet"))
+
+
+def plugin_env(run: Run) -> dict[str, str]:
+    c = daemonset(run)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in c["env"]}
+
+
+def workload_requests(run: Run) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for obj in kubernetes_objects(run.mocks):
+        if obj["kind"] in ("Pod", "Deployment", "Job"):
+            spec = obj["spec"]
+            pod = spec["template"]["spec"] if "template" in spec else spec
+            limits = pod["containers"][0]["resources"]["limits"]
+            out[obj["metadata"]["name"]] = {
+                k: v for k, v in limits.items() if k.startswith("qualcomm.com/")
+            }
+    return out
+
+
+def k8s_providers(run: Run) -> list[dict[str, Any]]:
+    return [r.inputs for r in run.mocks.of_type("pulumi:providers:kubernetes")]
+
+
+def assert_all_k8s_on_the_stack_provider(run: Run) -> None:
+    (provider,) = run.mocks.of_type("pulumi:providers:kubernetes")
+    for rec in run.mocks.resources:
+        if rec.typ.startswith("kubernetes:"):
+            assert rec.provider and f"::{provider.name}::" in rec.provider, rec.name
+
+
+def test_stack_dev() -> None:
+    run = run_stack_file(STACKS["dev"])
+    o = run.outputs
+    # Rendered, not applied: the provider writes manifests to out/manifests/dev.
+    (prov,) = k8s_providers(run)
+    assert prov["renderYamlToDirectory"].endswith("out/manifests/dev")
+    assert "context" not in prov
+    assert o["renderYamlDir"].endswith("out/manifests/dev")
+    assert_all_k8s_on_the_stack_provider(run)
+    # Built for both platforms, not pushed; the DaemonSet runs the local tag.
+    img = run.mocks.one("docker-build:index:Image")
+    assert img.inputs["push"] is False and "registries" not in img.inputs
+    assert img.inputs["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert o["imageRef"] == f"qaic-device-plugin:{VERSION}" and o["imageBuilt"] is True
+    pod = daemonset(run)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == o["imageRef"]
+    # SKU mode off, default placement.
+    assert plugin_env(run)["QAIC_SKU_BASED_RESOURCE_ENABLED"] == "false"
+    assert plugin_env(run)["QAIC_LOG_LEVEL"] == "debug"
+    assert pod["nodeSelector"] == {"qualcomm.com/qaic": "true"}
+    assert o["resourceNames"] == ["qualcomm.com/qaic"]
+    assert workload_requests(run) == {"qaic-pod-example": {"qualcomm.com/qaic": "1"}}
+    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example"]
+    # Nothing secret in dev.
+    assert read_stack(STACKS["dev"])[1] == []
+
+
+def test_stack_edge_pool() -> None:
+    run = run_stack_file(STACKS["edge-pool"])
+    o = run.outputs
+    (prov,) = k8s_providers(run)
+    assert prov["context"] == "edge-pool-admin" and "renderYamlToDirectory" not in prov
+    assert_all_k8s_on_the_stack_provider(run)
+    # Pinned image: nothing is built, the DaemonSet runs exactly the pinned digest.
+    assert run.mocks.of_type("docker-build:index:Image") == []
+    assert o["imageBuilt"] is False and "@sha256:" in o["imageRef"]
+    ds = daemonset(run)
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == o["imageRef"]
+    # kube-system: used, not created.
+    assert ds["metadata"]["namespace"] == "kube-system" and o["namespace"] == "kube-system"
+    assert [n["metadata"]["name"] for n in kubernetes_objects(run.mocks)
+            if n["kind"] == "Namespace"] == ["qaic-workloads"]
+    # One qualcomm.com/qaic pool.
+    assert plugin_env(run)["QAIC_SKU_BASED_RESOURCE_ENABLED"] == "false"
+    assert o["resourceNames"] == ["qualcomm.com/qaic"]
+    tolerations = ds["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ai100",
+            "effect": "NoSchedule"} in tolerations
+    assert workload_requests(run) == {"qaic-inference": {"qualcomm.com/qaic": "1"}}
+    dep = next(x for x in kubernetes_objects(run.mocks) if x["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsGroup"] == 995
+    assert dep["spec"]["template"]["spec"]["tolerations"] == tolerations
+
+
+def test_stack_ultra_prod() -> None:
+    config, secrets = read_stack(STACKS["ultra-prod"])
+    assert secrets == ["qaic-k8s:registryPassword"]
+    run = run_program(config, secrets, "ultra-prod")
+    o = run.outputs
+    (prov,) = k8s_providers(run)
+    assert prov["context"] == "ultra-prod-admin"
+    assert_all_k8s_on_the_stack_provider(run)
+    # Built, pushed with cache; the DaemonSet runs the pushed tag@digest.
+    img = run.mocks.one("docker-build:index:Image")
+    repo = "ghcr.io/example-org/qaic-device-plugin"
+    assert img.inputs["push"] is True
+    assert img.inputs["tags"] == [f"{repo}:{VERSION}", f"{repo}:{VERSION}-{SHA12}"]
+    assert img.inputs["cacheTo"][0]["registry"]["ref"] == f"{repo}:buildcache"
+    assert is_secret(img.inputs["registries"])
+    password = fake_decrypt(
+        "v1:8rPrgL+LRmMdpxVR:WFwDGVOg8VeRfF20BdlWWd8RxVKgslUVxysPfHwCbr2FN3X6XBAHUw==")
+    assert unsecret(img.inputs["registries"])[0]["password"] == password
+    assert o["imageRef"] == f"{repo}:{VERSION}@{FAKE_DIGEST}"
+    ds = daemonset(run)
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == o["imageRef"]
+    assert pod["imagePullSecrets"] == [{"name": "qaic-registry"}]
+    assert is_secret(run.mocks.one("kubernetes:core/v1:Secret").inputs["stringData"])
+    # SKU mode on: per-SKU names; samples ask for Ultra; the job takes a whole card.
+    env = plugin_env(run)
+    assert env["QAIC_SKU_BASED_RESOURCE_ENABLED"] == "true"
+    assert env["QAIC_MULTI_SOC_POLICY"] == "require"
+    assert env["QAIC_NFD_FEATURES_DIR"] == "/etc/kubernetes/node-feature-discovery/features.d"
+    assert o["skuBasedResources"] is True
+    assert o["resourceNames"] == ["qualcomm.com/qaic-std", "qualcomm.com/qaic-pro",
+                                  "qualcomm.com/qaic-ultra"]
+    assert workload_requests(run) == {
+        "qaic-pod-example": {"qualcomm.com/qaic-ultra": "1"},
+        "qaic-ultra-4soc": {"qualcomm.com/qaic-ultra": "4"},
+    }
+    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example",
+                              "Job/qaic-workloads/qaic-ultra-4soc"]
+    assert {"key": "qualcomm.com/ultra", "operator": "Equal", "value": "present",
+            "effect": "NoExecute"} in pod["tolerations"]
+
+
+@pytest.mark.parametrize("path", list(STACKS.values()), ids=list(STACKS))
+def test_every_object_passes_strict_schema_validation(path: Path) -> None:
+    objects = kubernetes_objects(run_stack_file(path).mocks)
+    kinds = {o["kind"] for o in objects}
+    assert {"DaemonSet", "ServiceAccount"} <= kinds
+    for version in K8S_VERSIONS:
+        for obj in objects:
+            name = f"{obj['kind']}/{obj['metadata']['name']}"
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} {name} k8s {version}: {exc.caused_by.message}")
+
+
+def test_strict_validation_would_catch_a_bad_field() -> None:
+    """Guard: the conversion keeps unknown fields, so strict mode has something to bite."""
+    objects = kubernetes_objects(run_stack_file(STACKS["dev"]).mocks)
+    (obj,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+    obj["spec"]["template"]["spec"]["containers"][0]["bogusField"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+
+
+def test_main_exports_outputs_and_turns_config_errors_into_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import infra.program as program
+
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
+    config, secrets = read_stack(STACKS["dev"])
+    run_program(config, secrets, "dev")  # sets mocks + config for this process
+    pulumi.runtime.set_all_config(config, secrets)
+    program.main()
+    assert set(exported) == {"imageRef", "imageTags", "imageBuilt", "namespace",
+                             "daemonSetName", "skuBasedResources", "resourceNames",
+                             "workloads", "renderYamlDir"}
+    pulumi.runtime.set_all_config({**config, "qaic-k8s:push": "true"}, secrets)
+    with pytest.raises(pulumi.RunError, match=r"^stack 'dev': config key 'qaic-k8s:push'"):
+        program.main()
+
+
+def test_config_errors_stop_before_any_resource_is_declared() -> None:
+    config, _ = read_stack(STACKS["dev"])
+    config["qaic-k8s:metricsPort"] = "-1"
+    from infra.settings import ConfigError
+
+    with pytest.raises(ConfigError):
+        run_program(config, [], "dev")
+    monitor = pulumi.runtime.settings.get_monitor()
+    assert monitor.get_registered_resources() == {}  # type: ignore[union-attr]
