@@ -114,12 +114,19 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
 
 
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    _kill_group(proc)
+    # a second cancellation must not leave a zombie: the original error is re-raised anyway
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(proc.wait(), 5.0)
+
+
 def _tail(data: bytes, limit: int = 300) -> str:
     text = data.decode("utf-8", errors="replace").strip()
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-async def query_qaic_util(path: str, timeout: float) -> list[QaicUtilEntry]:  # noqa: ASYNC109
+async def query_qaic_util(path: str, timeout: float) -> list[QaicUtilEntry]:
     """Run `<path> -q` and parse it, bounded by `timeout` seconds.
 
     Raises QaicUtilError on timeout (the process group is killed first), non-zero exit, or
@@ -139,12 +146,10 @@ async def query_qaic_util(path: str, timeout: float) -> list[QaicUtilEntry]:  # 
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        _kill_group(proc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 5.0)
+        await _reap(proc)
         raise QaicUtilError(f"{path} -q did not finish within {timeout:g}s; killed it") from None
     except BaseException:
-        _kill_group(proc)  # cancelled: never leave the tool running behind us
+        await _reap(proc)  # cancelled: never leave the tool running behind us
         raise
     rc = proc.returncode
     if rc != 0:
