@@ -45,6 +45,9 @@ class _Served:
     kick: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     registrations: int = 0
+    # What the last successful Register was made against: kubelet.sock's identity (inode and
+    # ctime: the inode alone can be reused) and our server's generation. Equal now = no-op.
+    registered_with: tuple[tuple[int, int], int] | None = None
 
 
 class PluginManager:
@@ -151,8 +154,12 @@ class PluginManager:
         while True:
             await served.kick.wait()
             served.kick.clear()
-            if not self.kubelet_socket.exists():
+            kubelet = self._kubelet_identity()
+            if kubelet is None:
                 continue  # kubelet.sock's creation kicks us again
+            target = (kubelet, served.server.generation)
+            if served.registered_with == target:
+                continue  # already registered with this kubelet on this socket
             try:
                 await register(
                     self.kubelet_socket,
@@ -179,6 +186,7 @@ class PluginManager:
                 delay = min(delay * 2, self._backoff[1])
                 continue
             delay = self._backoff[0]
+            served.registered_with = target
             served.registrations += 1
             first = served.registrations == 1
             reaction = (
@@ -194,6 +202,13 @@ class PluginManager:
                 },
             )
             self._observer.registered(name, first=first, reaction_seconds=reaction)
+
+    def _kubelet_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.kubelet_socket.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_ctime_ns)
 
     # -- reacting to kubelet -----------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class PluginServer:
         self.backend = backend
         self.socket_path = socket_path
         self._server: aio.Server | None = None
+        self.generation = 0  # bumped on every (re)start: a new socket needs a new Register
 
     @property
     def serving(self) -> bool:
@@ -106,6 +107,7 @@ class PluginServer:
         pb_grpc.add_DevicePluginServicer_to_server(DevicePluginServicer(self.backend), server)
         server.add_insecure_port(f"unix://{self.socket_path}")
         self._server = server
+        self.generation += 1
         await server.start()
 
     async def stop(self, grace: float | None = None) -> None:

@@ -1,0 +1,86 @@
+"""Shared fixtures: a driver-accurate fake node, the kubelet simulator, the plugin process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qaic_device_plugin.qaic.model import Sku
+from qaic_device_plugin.sim.kubelet import KubeletSim
+from qaic_device_plugin.sim.node import CardSpec, FakeNode
+from qaic_device_plugin.sim.process import PluginProcess, node_env
+
+DEMO_CARDS = (
+    CardSpec(Sku.ULTRA, numa_node=0),
+    CardSpec(Sku.ULTRA, numa_node=1),
+    CardSpec(Sku.STANDARD, numa_node=0),
+    CardSpec(Sku.PRO, numa_node=1),
+)
+
+StartPlugin = Callable[..., Awaitable[PluginProcess]]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> FakeNode:
+    n = FakeNode(tmp_path / "node", DEMO_CARDS)
+    n.write()
+    return n
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "device-plugins"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletSim]:
+    async with KubeletSim(plugin_dir) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def start_plugin(
+    node: FakeNode, plugin_dir: Path, tmp_path: Path
+) -> AsyncIterator[StartPlugin]:
+    """Start the real console script; every process is stopped at teardown."""
+    started: list[PluginProcess] = []
+
+    async def start(
+        *, qaic_util: bool = True, args: list[str] | None = None, **env: str
+    ) -> PluginProcess:
+        p = PluginProcess(
+            {**node_env(node, plugin_dir, qaic_util=qaic_util), **env},
+            tmp_path / f"plugin-{len(started)}.log",
+            args=args,
+        )
+        await p.start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.returncode is None:
+            await p.stop()
+
+
+@pytest.fixture
+def sockets(plugin_dir: Path) -> Callable[[], list[str]]:
+    def listing() -> list[str]:
+        return sorted(p.name for p in plugin_dir.iterdir() if p.is_socket())
+
+    return listing
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests start from defaults, whatever the developer's shell exports."""
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("QAIC_") or k == "ALLOWED_QAIC_DEVICE_SHARES":
+            monkeypatch.delenv(k)
+    yield
