@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from asyncinotify import Inotify, Mask
 from grpc import aio
-
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
@@ -169,17 +169,20 @@ async def test_kubelet_restart_reregisters_every_resource(
 async def test_waits_for_kubelet_then_registers(
     plugin_dir: Path, start_plugin: StartPlugin
 ) -> None:
-    plugin = await start_plugin()
     sock = plugin_dir / "qualcomm.com_qaic.sock"
-    async with asyncio.timeout(10):
-        while not plugin.events("serving"):
-            await asyncio.sleep(0.02)  # polling a log file: there is no event to await
-    assert plugin.events("kubelet_absent")
-    assert sock.is_socket()  # serving before registering
-    assert not plugin.events("registered")
+    with Inotify() as inotify:
+        inotify.add_watch(plugin_dir, Mask.CREATE)
+        plugin = await start_plugin()
+        async with asyncio.timeout(10):
+            async for event in inotify:
+                if event.name is not None and event.name.name == sock.name:
+                    break
+    assert sock.is_socket()  # serving before registering, kubelet or not
+    assert not (plugin_dir / "kubelet.sock").exists()
     async with KubeletSim(plugin_dir) as sim:
         await sim.wait_devices(QAIC, healthy=10)
         assert len(sim.registrations) == 1
+    assert plugin.events("kubelet_absent")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

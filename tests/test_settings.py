@@ -1,4 +1,4 @@
-"""Settings: precedence flag > env > file > default, and one-line refusals (exit 2, nothing made)."""
+"""Settings: flag > env > file > default, and one-line refusals (exit 2, nothing created)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from qaic_device_plugin.backend import MultiSocPolicy
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.settings import Settings, SettingsError, build_parser, load
@@ -101,7 +100,7 @@ BAD = [
     (
         {"QAIC_SKU_OVERRIDES": '{"0000:05:00.0": "gold"}'},
         [],
-        "invalid setting QAIC_SKU_OVERRIDES='gold': accepted: a JSON object of PCI address to one of",
+        "invalid setting QAIC_SKU_OVERRIDES='gold': accepted: a JSON object of PCI address",
     ),
     (
         {"QAIC_SKU_OVERRIDES": "{oops"},

@@ -58,7 +58,7 @@ class PluginProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - local file, opened once
             self.proc = await asyncio.create_subprocess_exec(
                 *plugin_command(),
                 *self.args,
