@@ -221,3 +221,25 @@ def test_config_errors_stop_before_any_resource_is_declared() -> None:
         run_program(config, [], "dev")
     monitor = pulumi.runtime.settings.get_monitor()
     assert monitor.get_registered_resources() == {}  # type: ignore[union-attr]
+
+
+def test_entry_point_runs_as_the_language_host_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main: infra/` makes the host execute infra/__main__.py as a script."""
+    import runpy
+
+    from infra_harness import ROOT, RecordingMocks
+
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
+    config, secrets = read_stack(STACKS["dev"])
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="qaic-k8s", stack="dev", preview=False)
+    pulumi.runtime.set_all_config(config, secrets)
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def go() -> None:
+        runpy.run_path(str(ROOT / "infra"), run_name="__main__")
+
+    go()
+    assert "daemonSetName" in exported
+    assert mocks.one("kubernetes:apps/v1:DaemonSet").name == "qaic-device-plugin-daemonset"
