@@ -84,10 +84,14 @@ def volumes_and_mounts(
     s: StackSettings,
 ) -> tuple[list[k8s.core.v1.VolumeArgsDict], list[k8s.core.v1.VolumeMountArgsDict]]:
     pairs = [
-        _host_path("device-plugins", PLUGIN_DIR, PLUGIN_DIR, read_only=False),
+        # DirectoryOrCreate: the plugin may start before kubelet has made its directory.
+        _host_path(
+            "device-plugins", PLUGIN_DIR, PLUGIN_DIR, read_only=False, kind="DirectoryOrCreate"
+        ),
         _host_path("sys", "/sys", "/host/sys", read_only=True),
         _host_path("dev", "/dev", "/host/dev", read_only=True),
-        _host_path("udev", "/run/udev", "/run/udev", read_only=True),
+        # DirectoryOrCreate: a node without udev must still run the plugin (inotify + polling).
+        _host_path("udev", "/run/udev", "/run/udev", read_only=True, kind="DirectoryOrCreate"),
     ]
     if s.nfd_features_dir:
         pairs.append(_host_path(

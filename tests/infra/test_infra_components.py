@@ -172,8 +172,9 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
     assert mounts == {"/var/lib/kubelet/device-plugins": False, "/host/sys": True,
                       "/host/dev": True, "/run/udev": True}
     assert "/dev" not in {m["mountPath"] for m in c["volumeMounts"]}
-    host = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert host == {"/var/lib/kubelet/device-plugins", "/sys", "/dev", "/run/udev"}
+    host = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {"/var/lib/kubelet/device-plugins": "DirectoryOrCreate", "/sys": "Directory",
+                    "/dev": "Directory", "/run/udev": "DirectoryOrCreate"}
     env = env_of(pod)
     assert env == {
         "QAIC_SKU_BASED_RESOURCE_ENABLED": "false", "ALLOWED_QAIC_DEVICE_SHARES": "1",
