@@ -1,0 +1,304 @@
+"""Metrics: driven by real node states from the fake node and a real kubelet simulator, read
+back through prometheus_client's own exposition parser."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from qaic_device_plugin import __version__
+from qaic_device_plugin.backend import QaicResource
+from qaic_device_plugin.kubelet.manager import ManagerObserver, PluginManager
+from qaic_device_plugin.observability.metrics import REACTION_BUCKETS, Metrics
+from qaic_device_plugin.qaic.health import Signal
+from qaic_device_plugin.qaic.inventory import Inventory, NodeState, SocState
+from qaic_device_plugin.qaic.model import QaicUtilEntry
+from qaic_device_plugin.qaic.resources import resource_name
+from qaic_device_plugin.qaic.sku import SKU_TYPE_TEXT
+from qaic_device_plugin.sim.kubelet import KubeletSim
+from qaic_device_plugin.sim.node import FakeNode
+
+ULTRA = "qualcomm.com/qaic-ultra"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(m: Metrics) -> Samples:
+    text = generate_latest(m.registry).decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return samples(m)[(name, frozenset(labels.items()))]
+
+
+def ready(node: FakeNode) -> list[QaicUtilEntry]:
+    """What qaic-util reports for the fake node, so SKUs are facts, not topology guesses."""
+    return [QaicUtilEntry(s.qid, s.pci_address, "Ready", SKU_TYPE_TEXT[s.sku]) for s in node.socs]
+
+
+def by_resource(state: NodeState) -> dict[str, list[SocState]]:
+    """The app's grouping in SKU mode."""
+    groups: dict[str, list[SocState]] = {}
+    for s in state.socs:
+        groups.setdefault(resource_name(s.sku.sku), []).append(s)
+    return groups
+
+
+class Driver:
+    """Scan the fake node and feed each state to Metrics, as the app's refresher does."""
+
+    def __init__(self, node: FakeNode, metrics: Metrics) -> None:
+        self.node = node
+        self.metrics = metrics
+        self.inventory = Inventory(node.sysfs_root, node.dev_root, {})
+        self.state: NodeState | None = None
+
+    def scan(
+        self, group: Callable[[NodeState], Mapping[str, Sequence[SocState]]] = by_resource
+    ) -> NodeState:
+        new = self.inventory.scan(ready(self.node))
+        self.metrics.observe_state(self.state, new, group(new))
+        self.state = new
+        return new
+
+
+def ultra_soc(node: FakeNode) -> str:
+    return next(s.pci_address for s in node.socs if s.sku.value == "ultra")
+
+
+def hide_accel(node: FakeNode, pci: str) -> Callable[[], None]:
+    """The SoC's accel entry leaves sysfs while its PCI function stays (a reset); returns
+    the undo."""
+    link = node.sysfs_root / "class" / "accel" / f"accel{node.soc(pci).accel_index}"
+    target = os.readlink(link)
+    link.unlink()
+    return lambda: os.symlink(target, link)
+
+
+def test_socs_per_resource_and_health(node: FakeNode) -> None:
+    m = Metrics()
+    Driver(node, m).scan()
+    for resource, healthy in [
+        (ULTRA, 8),
+        ("qualcomm.com/qaic-std", 1),
+        ("qualcomm.com/qaic-pro", 1),
+    ]:
+        assert value(m, "qaic_socs", resource=resource, health="healthy") == healthy
+        assert value(m, "qaic_socs", resource=resource, health="unhealthy") == 0
+
+
+def test_device_node_flip_and_recover(node: FakeNode) -> None:
+    m = Metrics()
+    d = Driver(node, m)
+    d.scan()
+    pci = ultra_soc(node)
+    node.remove_device_node(pci)
+    d.scan()
+    d.scan()  # still unhealthy: not a new transition
+    assert value(m, "qaic_socs", resource=ULTRA, health="healthy") == 7
+    assert value(m, "qaic_socs", resource=ULTRA, health="unhealthy") == 1
+    assert value(m, "qaic_health_transitions_total", signal="device-node", to="unhealthy") == 1
+    assert value(m, "qaic_health_transitions_total", signal="device-node", to="healthy") == 0
+    node.restore_device_node(pci)
+    d.scan()
+    assert value(m, "qaic_socs", resource=ULTRA, health="healthy") == 8
+    assert value(m, "qaic_health_transitions_total", signal="device-node", to="healthy") == 1
+
+
+def test_counts_once_per_signal_of_the_findings(node: FakeNode) -> None:
+    m = Metrics()
+    d = Driver(node, m)
+    d.scan()
+    pci = ultra_soc(node)
+    undo = hide_accel(node, pci)
+    node.remove_device_node(pci)
+    state = d.scan()
+    signals = {f.signal for f in state.by_pci()[pci].findings}
+    assert {Signal.SYSFS, Signal.DEVICE_NODE} <= signals
+    for signal in signals:
+        assert value(m, "qaic_health_transitions_total", signal=signal.value, to="unhealthy") == 1
+    undo()
+    node.restore_device_node(pci)
+    assert d.scan().by_pci()[pci].healthy
+    for signal in signals:
+        assert value(m, "qaic_health_transitions_total", signal=signal.value, to="healthy") == 1
+    assert value(m, "qaic_socs", resource=ULTRA, health="healthy") == 8
+
+
+def test_first_sight_and_removal_are_not_transitions(node: FakeNode) -> None:
+    m = Metrics()
+    d = Driver(node, m)
+    node.remove_device_node(ultra_soc(node))
+    d.scan()  # unhealthy from the start
+    assert value(m, "qaic_socs", resource=ULTRA, health="unhealthy") == 1
+    std = next(s.pci_address for s in node.socs if s.sku.value == "std")
+    node.remove_soc(std)
+    d.scan()
+    totals = [v for (n, _), v in samples(m).items() if n == "qaic_health_transitions_total"]
+    assert totals and not any(totals)
+    # The std resource lost its last SoC: it reads 0 instead of vanishing.
+    assert value(m, "qaic_socs", resource="qualcomm.com/qaic-std", health="healthy") == 0
+    assert value(m, "qaic_socs", resource="qualcomm.com/qaic-std", health="unhealthy") == 0
+
+
+def test_unreadable_signal_is_counted_each_scan(node: FakeNode) -> None:
+    m = Metrics()
+    d = Driver(node, m)
+    pci = ultra_soc(node)
+    dev = node.device_node(pci)
+    dev.unlink()
+    os.symlink(dev.name, dev)  # a loop: stat fails with ELOOP, which is not "missing"
+    assert value(m, "qaic_signal_read_failures_total", signal="device-node") == 0
+    d.scan()
+    d.scan()
+    assert value(m, "qaic_signal_read_failures_total", signal="device-node") == 2
+    assert value(m, "qaic_socs", resource=ULTRA, health="healthy") == 8  # unreadable != unhealthy
+    m.signal_unreadable(Signal.QAIC_UTIL)
+    assert value(m, "qaic_signal_read_failures_total", signal="qaic-util") == 1
+
+
+def test_series_exist_before_any_event() -> None:
+    s = samples(Metrics())
+    for signal in Signal:
+        assert s[("qaic_signal_read_failures_total", frozenset({("signal", signal.value)}))] == 0
+        for to in ("healthy", "unhealthy"):
+            key = frozenset({("signal", signal.value), ("to", to)})
+            assert s[("qaic_health_transitions_total", key)] == 0
+    assert s[("qaic_device_plugin_info", frozenset({("version", __version__)}))] == 1
+    assert s[("qaic_kubelet_reaction_seconds_count", frozenset())] == 0
+
+
+def test_registrations_failures_and_reaction_histogram() -> None:
+    m = Metrics(version="9.9.9")
+    assert isinstance(m, ManagerObserver)
+    m.registered(ULTRA, first=True, reaction_seconds=0.5)  # start-up, not a reaction
+    m.registered(ULTRA, first=False, reaction_seconds=0.004)
+    m.registered(ULTRA, first=False, reaction_seconds=3.0)
+    m.registered(ULTRA, first=False, reaction_seconds=None)
+    m.registration_failed(ULTRA, "UNAVAILABLE: failed to connect to all addresses")
+    m.registration_failed(ULTRA, "something odd: with a 0000:35:00.0 in it")
+    assert value(m, "qaic_registrations_total", resource=ULTRA, kind="first") == 1
+    assert value(m, "qaic_registrations_total", resource=ULTRA, kind="re") == 3
+    assert value(m, "qaic_registration_failures_total", resource=ULTRA, code="UNAVAILABLE") == 1
+    assert value(m, "qaic_registration_failures_total", resource=ULTRA, code="OTHER") == 1
+    assert value(m, "qaic_kubelet_reaction_seconds_count") == 2
+    assert value(m, "qaic_kubelet_reaction_seconds_sum") == pytest.approx(3.004)
+    assert value(m, "qaic_kubelet_reaction_seconds_bucket", le="0.0025") == 0
+    assert value(m, "qaic_kubelet_reaction_seconds_bucket", le="0.005") == 1
+    assert value(m, "qaic_kubelet_reaction_seconds_bucket", le="5.0") == 2
+    assert value(m, "qaic_device_plugin_info", version="9.9.9") == 1
+    assert REACTION_BUCKETS[0] == 0.001 and REACTION_BUCKETS[-1] == 5.0
+
+
+def test_allocations_and_cross_card() -> None:
+    m = Metrics()
+    m.on_allocate(ULTRA, 4)
+    m.on_allocate(ULTRA, 1)
+    m.on_cross_card(ULTRA, "preferred")
+    m.on_cross_card(ULTRA, "allocate")
+    m.on_cross_card(ULTRA, "allocate")
+    assert value(m, "qaic_allocations_total", resource=ULTRA) == 2
+    assert value(m, "qaic_allocated_socs_total", resource=ULTRA) == 5
+    assert value(m, "qaic_cross_card_total", resource=ULTRA, rpc="preferred") == 1
+    assert value(m, "qaic_cross_card_total", resource=ULTRA, rpc="allocate") == 2
+    with pytest.raises(ValueError, match="unknown rpc"):
+        m.on_cross_card(ULTRA, "GetPreferredAllocation")
+
+
+_PCI_LIKE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def test_label_values_stay_bounded(node: FakeNode) -> None:
+    """After every kind of event, no label carries a PCI address, a path or error text."""
+    m = Metrics()
+    d = Driver(node, m)
+    d.scan()
+    pci = ultra_soc(node)
+    node.remove_device_node(pci)
+    d.scan()
+    node.restore_device_node(pci)
+    d.scan()
+    m.registration_failed(ULTRA, f"UNKNOWN: {pci} /dev/accel/accel3")
+    m.on_allocate(ULTRA, 2)
+    allowed = {
+        "resource": {ULTRA, "qualcomm.com/qaic-std", "qualcomm.com/qaic-pro"},
+        "health": {"healthy", "unhealthy"},
+        "to": {"healthy", "unhealthy"},
+        "signal": {s.value for s in Signal},
+        "rpc": {"allocate", "preferred"},
+        "kind": {"first", "re"},
+        "version": {__version__},
+    }
+    for (_, labels), _v in samples(m).items():
+        for k, v in labels:
+            assert not _PCI_LIKE.search(v) and "/dev" not in v, (k, v)
+            if k in allowed:
+                assert v in allowed[k], (k, v)
+            elif k == "code":
+                assert re.fullmatch(r"[A-Z_]+", v)
+            else:
+                assert k == "le", k
+
+
+async def test_manager_and_backend_report_through_metrics(node: FakeNode, tmp_path: Path) -> None:
+    """Real PluginManager and QaicResource with Metrics wired in, against the kubelet simulator:
+    registrations, a kubelet restart's reaction time and cross-card sets all show up."""
+    m = Metrics()
+    d = Driver(node, m)
+    state = d.scan()
+    plugins = tmp_path / "plugins"
+    resources = by_resource(state)
+    backends = {name: QaicResource(name, on_cross_card=m.on_cross_card) for name in resources}
+    for name, res in backends.items():
+        await res.update(resources[name])
+    async with KubeletSim(plugins) as kubelet:
+        manager = PluginManager(plugins, observer=m, backoff=(0.01, 0.2))
+        await manager.start()
+        try:
+            await manager.set_backends(backends)
+            for name in backends:
+                await kubelet.wait_registered(name)
+
+            async def counted(name: str, want: float) -> None:
+                async with asyncio.timeout(10):
+                    while True:
+                        got = samples(m).get((name, frozenset()), 0.0)
+                        if got >= want:
+                            return
+                        await asyncio.sleep(0.01)
+
+            await kubelet.restart()
+            for name in backends:
+                await kubelet.wait_registered(name, count=2)
+            await counted("qaic_kubelet_reaction_seconds_count", len(backends))
+            for name in backends:
+                assert value(m, "qaic_registrations_total", resource=name, kind="first") == 1
+                assert value(m, "qaic_registrations_total", resource=name, kind="re") == 1
+            assert value(m, "qaic_kubelet_reaction_seconds_bucket", le="+Inf") == len(backends)
+
+            await kubelet.wait_devices(ULTRA, healthy=8)
+            ids = sorted(s.soc.pci_address for s in resources[ULTRA])
+            await kubelet.preferred(ULTRA, ids, [], 5)  # 5 SoCs cannot fit on one Ultra card
+            assert value(m, "qaic_cross_card_total", resource=ULTRA, rpc="preferred") == 1
+            by_card: dict[str, list[str]] = {}
+            for s in resources[ULTRA]:
+                by_card.setdefault(s.soc.card_id, []).append(s.soc.pci_address)
+            a, b = sorted(by_card.values())
+            await kubelet.allocate(ULTRA, [a[0], b[0]])
+            assert value(m, "qaic_cross_card_total", resource=ULTRA, rpc="allocate") == 1
+            await kubelet.allocate(ULTRA, a)  # one card: not counted
+            assert value(m, "qaic_cross_card_total", resource=ULTRA, rpc="allocate") == 1
+        finally:
+            await manager.close()
+            for res in backends.values():
+                await res.close()
