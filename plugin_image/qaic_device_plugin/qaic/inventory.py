@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .discovery import discover
-from .health import Finding, Signal, Unreadable, check_device_node
+from .health import (
+    Finding,
+    RasTracker,
+    Unreadable,
+    check_dbc_states,
+    check_device_node,
+    check_qaic_util,
+    check_sysfs,
+    read_ras_counts,
+)
 from .model import Discovery, QaicUtilEntry, Sku, SkuDecision, SkuSource, Soc
 from .sku import resolve_skus
 
@@ -42,11 +52,23 @@ class NodeState:
         return {s.soc.pci_address: s for s in self.socs}
 
 
+DEFAULT_UE_COOLDOWN_SECONDS = 300.0
+
+
 class Inventory:
-    def __init__(self, sysfs_root: Path, dev_root: Path, overrides: Mapping[str, Sku]) -> None:
+    def __init__(
+        self,
+        sysfs_root: Path,
+        dev_root: Path,
+        overrides: Mapping[str, Sku],
+        *,
+        ue_cooldown_seconds: float = DEFAULT_UE_COOLDOWN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
         self.overrides = dict(overrides)
+        self.ras = RasTracker(ue_cooldown_seconds, clock)
         self._known: dict[str, Soc] = {}
         self._skus: dict[str, SkuDecision] = {}
 
@@ -56,16 +78,12 @@ class Inventory:
     def scan(self, qaic_util: Sequence[QaicUtilEntry] | None) -> NodeState:
         found = discover(self.sysfs_root)
         present = {s.pci_address: s for s in found.socs}
-        gone: dict[str, Finding] = {}
-        for pci, soc in list(self._known.items()):
-            if pci in present:
-                continue
-            if self._pci_present(pci):
-                gone[pci] = Finding(Signal.SYSFS, f"{soc.accel_name} left sysfs (reset or unbound)")
-            else:
+        for pci in list(self._known):
+            if pci not in present and not self._pci_present(pci):
                 log.info("SoC removed", extra={"event": "soc_removed", "pci": pci})
                 del self._known[pci]
                 self._skus.pop(pci, None)
+                self.ras.forget(pci)
         for pci, soc in present.items():
             if pci not in self._known:
                 log.info(
@@ -83,19 +101,33 @@ class Inventory:
         socs = [self._known[p] for p in sorted(self._known)]
         self._decide_skus(socs, qaic_util)
 
+        by_pci = {e.pci_address: e for e in qaic_util} if qaic_util is not None else None
         states: list[SocState] = []
         unreadable: list[Unreadable] = []
         for soc in socs:
             findings: list[Finding] = []
-            if soc.pci_address in gone:
-                findings.append(gone[soc.pci_address])
-            node = check_device_node(self.dev_root, soc)
-            if isinstance(node, Finding):
-                findings.append(node)
-            elif isinstance(node, Unreadable):
-                unreadable.append(node)
+            for evidence in self._signals(soc, soc.pci_address in present, by_pci):
+                if isinstance(evidence, Finding):
+                    findings.append(evidence)
+                elif isinstance(evidence, Unreadable):
+                    unreadable.append(evidence)
             states.append(SocState(soc, self._skus[soc.pci_address], tuple(findings)))
         return NodeState(tuple(states), found, tuple(unreadable))
+
+    def _signals(
+        self, soc: Soc, accel_present: bool, qaic_util: Mapping[str, QaicUtilEntry] | None
+    ) -> list[Finding | Unreadable | None]:
+        """Every signal for one SoC; each is read even when another already condemns the SoC,
+        so the RAS baseline stays current and the log names every reason."""
+        ras = read_ras_counts(self.sysfs_root, soc.pci_address)
+        return [
+            check_sysfs(self.sysfs_root, soc, accel_present=accel_present),
+            check_device_node(self.dev_root, soc),
+            check_dbc_states(self.sysfs_root, soc) if accel_present else None,
+            ras if isinstance(ras, Unreadable) else None,
+            self.ras.observe(soc.pci_address, None if isinstance(ras, Unreadable) else ras),
+            check_qaic_util(soc, qaic_util),
+        ]
 
     def _decide_skus(self, socs: Sequence[Soc], qaic_util: Sequence[QaicUtilEntry] | None) -> None:
         """Decide SKUs, but never let a guess replace a fact: a SoC that qaic-util or the

@@ -57,6 +57,8 @@ SKU_RESOURCES: dict[Sku, tuple[int, int]] = {
     Sku.ULTRA_080: (32768, 8),
 }
 STATE_NAME = "qaic-util-state.json"
+DBCS_PER_SOC = 16  # AIC100: one accel dbc<N>_state file per DMA bridge channel (kernel 6.19+)
+RAS_COUNTERS = ("ce_count", "ue_count", "ue_nonfatal_count")  # on the PCI function
 STATUSES = ("Ready", "Error", "Initializing")
 _HOST_BUSES = (0x00, 0x80, 0x40, 0xC0, 0x20, 0x60, 0xA0, 0xE0)  # one host bridge per NUMA node
 _BUSES_PER_HOST = 0x20
@@ -122,6 +124,9 @@ class _Soc:
     card_id: str
     accel: int = -1
     status: str = "Ready"
+    bound: bool = True  # to the qaic driver
+    dbc_states: list[str] = field(default_factory=list)
+    ras: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAS_COUNTERS, 0))
 
 
 @dataclass
@@ -181,7 +186,10 @@ class FakeNode:
         *,
         foreign_accel: bool = True,
         device_nodes: DeviceNodes = "auto",
+        dbcs: int = DBCS_PER_SOC,
+        ras: bool = True,
     ) -> None:
+        """`dbcs=0` / `ras=False`: an older kernel without dbc<N>_state / RAS counter files."""
         self.root = Path(root)
         self.sysfs_root = self.root / "sys"
         self.dev_root = self.root / "dev"
@@ -189,6 +197,8 @@ class FakeNode:
         self.state_path = self.qaic_util_path.with_name(STATE_NAME)
         self.foreign_accel = foreign_accel
         self.device_nodes: DeviceNodes = device_nodes
+        self.dbcs = dbcs
+        self.ras = ras
         self.device_node_kind: Literal["char", "file"] | None = None  # decided by write()
         self.qaic_util_mode: str | None = None
         self.written = False
@@ -453,22 +463,9 @@ class FakeNode:
             _link(d / "driver", drv)
             _link(drv / fn.address, d)
 
-    def _write_accel(self, fn: _Fn, accel: int) -> None:
-        sysfs = self.sysfs_root
-        fn_dir = sysfs / fn.relpath
-        a = fn_dir / "accel" / f"accel{accel}"
-        a.mkdir(parents=True)
-        (a / "dev").write_text(f"{ACCEL_MAJOR}:{accel}\n")
-        uevent = f"MAJOR={ACCEL_MAJOR}\nMINOR={accel}\nDEVNAME=accel/accel{accel}\n"
-        (a / "uevent").write_text(uevent)
-        _link(a / "device", fn_dir)
-        _link(a / "subsystem", sysfs / "class/accel")
-        _link(sysfs / "class/accel" / f"accel{accel}", a)
-        _link(sysfs / "dev/char" / f"{ACCEL_MAJOR}:{accel}", a)
-        self._make_node(accel)
-
     def _make_node(self, accel: int) -> None:
         node = self.dev_root / "accel" / f"accel{accel}"
+        node.parent.mkdir(parents=True, exist_ok=True)  # devtmpfs makes /dev/accel on demand
         _unlink(node)
         if self.device_node_kind == "char":
             os.mknod(node, stat.S_IFCHR | 0o660, os.makedev(ACCEL_MAJOR, accel))
@@ -478,7 +475,39 @@ class FakeNode:
 
     def _write_soc(self, soc: _Soc, written: set[str]) -> None:
         self._write_fn(soc.fn, written)
-        self._write_accel(soc.fn, soc.accel)
+        if soc.bound:
+            self._write_driver_state(soc)
+            self._write_accel(soc.fn, soc.accel)
+
+    def _write_driver_state(self, soc: _Soc) -> None:
+        """What a qaic probe adds besides the accel device: dbc states and RAS counters."""
+        soc.dbc_states = ["0"] * self.dbcs
+        soc.ras = dict.fromkeys(RAS_COUNTERS, 0)
+        if not self.written:
+            return
+        fn_dir = self.sysfs_root / soc.fn.relpath
+        if self.ras:
+            for name, value in soc.ras.items():
+                (fn_dir / name).write_text(f"{value}\n")
+
+    def _write_accel(self, fn: _Fn, accel: int) -> None:
+        sysfs = self.sysfs_root
+        fn_dir = sysfs / fn.relpath
+        a = fn_dir / "accel" / f"accel{accel}"
+        a.mkdir(parents=True)
+        (a / "dev").write_text(f"{ACCEL_MAJOR}:{accel}\n")
+        uevent = f"MAJOR={ACCEL_MAJOR}\nMINOR={accel}\nDEVNAME=accel/accel{accel}\n"
+        (a / "uevent").write_text(uevent)
+        soc = self._socs.get(fn.address)
+        if soc is not None:
+            for i, state in enumerate(soc.dbc_states):
+                (a / f"dbc{i}_state").write_text(f"{state}\n")
+        (sysfs / "class/accel").mkdir(parents=True, exist_ok=True)
+        _link(a / "device", fn_dir)
+        _link(a / "subsystem", sysfs / "class/accel")
+        _link(sysfs / "class/accel" / f"accel{accel}", a)
+        _link(sysfs / "dev/char" / f"{ACCEL_MAJOR}:{accel}", a)
+        self._make_node(accel)
 
     def _state(self) -> dict[str, Any]:
         devices = []
@@ -489,7 +518,8 @@ class FakeNode:
                     "pci_address": soc.fn.address,
                     "device_id": f"{soc.fn.device:04x}",
                     "accel": soc.accel,
-                    "status": soc.status,
+                    # the runtime still lists an unbound function (QIDs count every one)
+                    "status": soc.status if soc.bound else "Error",
                     "sku_type": SKU_TYPE_TEXT[soc.sku],
                     "dram_total_mb": dram,
                     "nsp_total": nsp,
@@ -521,19 +551,129 @@ class FakeNode:
         self.qaic_util_mode = mode
         self._save_state()
 
+    def set_dbc_state(self, pci: str, dbc: int, state: int | str) -> None:
+        """Write `accelN/dbc<dbc>_state` (0 idle .. 5 after-power-up; a str writes it verbatim,
+        for garbage). The driver also sends a KOBJ_CHANGE uevent with DBC_ID/DBC_STATE."""
+        soc = self._get(pci)
+        if not 0 <= dbc < len(soc.dbc_states):
+            raise ValueError(f"{pci} has {len(soc.dbc_states)} dbc state files, not dbc{dbc}")
+        soc.dbc_states[dbc] = str(state)
+        if self.written and soc.bound:
+            path = self._accel_dir(soc) / f"dbc{dbc}_state"
+            _write_text_atomic(path, f"{state}\n")
+
+    def ras_counts(self, pci: str) -> dict[str, int]:
+        return dict(self._get(pci).ras)
+
+    def bump_ras_count(self, pci: str, counter: str, by: int = 1) -> int:
+        """Add `by` to a RAS counter file on the PCI function (as the driver's RAS handler
+        does); returns the new value."""
+        if counter not in RAS_COUNTERS:
+            raise ValueError(f"unknown RAS counter {counter!r}; one of {RAS_COUNTERS}")
+        soc = self._get(pci)
+        soc.ras[counter] += by
+        if self.written and soc.bound and self.ras:
+            path = self.sysfs_root / soc.fn.relpath / counter
+            _write_text_atomic(path, f"{soc.ras[counter]}\n")
+        return soc.ras[counter]
+
+    def bump_ue_count(self, pci: str, by: int = 1) -> int:
+        """An uncorrectable (fatal) RAS error: the driver counts it and resets the SoC."""
+        return self.bump_ras_count(pci, "ue_count", by)
+
+    def set_ras_file(self, pci: str, counter: str, text: str) -> None:
+        """Write a RAS counter file verbatim (garbage, a saturated -1, ...)."""
+        if counter not in RAS_COUNTERS:
+            raise ValueError(f"unknown RAS counter {counter!r}")
+        _write_text_atomic(self.sysfs_root / self._get(pci).fn.relpath / counter, text)
+
+    def _accel_dir(self, soc: _Soc) -> Path:
+        return self.sysfs_root / soc.fn.relpath / "accel" / f"accel{soc.accel}"
+
+    def _drop_accel(self, soc: _Soc) -> None:
+        sysfs = self.sysfs_root
+        _unlink(sysfs / "class/accel" / f"accel{soc.accel}")
+        _unlink(sysfs / "dev/char" / f"{ACCEL_MAJOR}:{soc.accel}")
+        _unlink(self.dev_root / "accel" / f"accel{soc.accel}")
+        shutil.rmtree(sysfs / soc.fn.relpath / "accel", ignore_errors=True)
+
+    def unbind_driver(self, pci: str) -> None:
+        """`echo <BDF> > /sys/bus/pci/drivers/qaic/unbind`: the accel device, its node, the
+        dbc state and RAS files and the driver links go; the PCI function stays."""
+        soc = self._get(pci)
+        if not soc.bound:
+            return
+        soc.bound = False
+        if self.written:
+            sysfs = self.sysfs_root
+            fn_dir = sysfs / soc.fn.relpath
+            self._drop_accel(soc)
+            for name in RAS_COUNTERS:
+                _unlink(fn_dir / name)
+            _unlink(fn_dir / "driver")
+            _unlink(sysfs / "bus/pci/drivers/qaic" / pci)
+            uevent = fn_dir / "uevent"
+            lines = uevent.read_text().splitlines()
+            uevent.write_text("\n".join(x for x in lines if not x.startswith("DRIVER=")) + "\n")
+        self._accels.discard(soc.accel)
+        soc.accel = -1
+        self._save_state()
+
+    def bind_driver(self, pci: str) -> None:
+        """`echo <BDF> > /sys/bus/pci/drivers/qaic/bind`: a fresh probe, so a new accel number
+        (the lowest free), RAS counters from 0 and every sub-system idle."""
+        soc = self._get(pci)
+        if soc.bound:
+            return
+        soc.bound = True
+        soc.accel = self._alloc_accel()
+        if self.written:
+            sysfs = self.sysfs_root
+            fn_dir = sysfs / soc.fn.relpath
+            drv = sysfs / "bus/pci/drivers/qaic"
+            for attr in ("bind", "unbind", "new_id", "remove_id", "uevent"):
+                (drv / attr).parent.mkdir(parents=True, exist_ok=True)
+                (drv / attr).touch()
+            _link(fn_dir / "driver", drv)
+            _link(drv / pci, fn_dir)
+            uevent = fn_dir / "uevent"
+            uevent.write_text(f"DRIVER=qaic\n{uevent.read_text()}")
+        self._write_driver_state(soc)
+        if self.written:
+            self._write_accel(soc.fn, soc.accel)
+        self._save_state()
+
+    def unload_driver(self) -> None:
+        """`modprobe -r qaic`: every SoC unbound, the driver directory gone; with no other accel
+        driver left, sys/class/accel and /dev/accel go too (a node before the driver loads)."""
+        for pci in sorted(self._socs):
+            self.unbind_driver(pci)
+        if self.written:
+            shutil.rmtree(self.sysfs_root / "bus/pci/drivers/qaic", ignore_errors=True)
+            for d in (self.sysfs_root / "class/accel", self.dev_root / "accel"):
+                with contextlib.suppress(OSError):  # not empty: another driver's devices
+                    d.rmdir()
+
+    def load_driver(self) -> None:
+        """`modprobe qaic`: probe every SoC in PCI-address order."""
+        for pci in sorted(self._socs):
+            self.bind_driver(pci)
+
     def remove_soc(self, pci: str) -> None:
         """Hot-remove: everything the kernel drops when the PCI function goes away."""
         soc = self._get(pci)
         sysfs = self.sysfs_root
         if self.written:
-            _unlink(sysfs / "class/accel" / f"accel{soc.accel}")
-            _unlink(sysfs / "dev/char" / f"{ACCEL_MAJOR}:{soc.accel}")
+            if soc.bound:
+                _unlink(sysfs / "class/accel" / f"accel{soc.accel}")
+                _unlink(sysfs / "dev/char" / f"{ACCEL_MAJOR}:{soc.accel}")
             _unlink(sysfs / "bus/pci/devices" / pci)
             _unlink(sysfs / "bus/pci/drivers/qaic" / pci)
             fn_dir = sysfs / soc.fn.relpath
             _unlink(fn_dir / "driver")
             shutil.rmtree(fn_dir, ignore_errors=True)
-            _unlink(self.dev_root / "accel" / f"accel{soc.accel}")
+            if soc.bound:
+                _unlink(self.dev_root / "accel" / f"accel{soc.accel}")
         del self._socs[pci]
         self._accels.discard(soc.accel)
         self._save_state()
