@@ -1,0 +1,1 @@
+"""Benchmarks of the qaic device plugin as deployed (issue 6): `python -m bench [--quick]`."""
