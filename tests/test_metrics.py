@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from qaic_device_plugin import __version__
 from qaic_device_plugin.backend import QaicResource
 from qaic_device_plugin.kubelet.manager import ManagerObserver, PluginManager
+from qaic_device_plugin.observability.http import serve_http
 from qaic_device_plugin.observability.metrics import REACTION_BUCKETS, Metrics
 from qaic_device_plugin.qaic.health import Signal
 from qaic_device_plugin.qaic.inventory import Inventory, NodeState, SocState
@@ -302,3 +306,213 @@ async def test_manager_and_backend_report_through_metrics(node: FakeNode, tmp_pa
             await manager.close()
             for res in backends.values():
                 await res.close()
+
+
+# -- the HTTP endpoint -----------------------------------------------------------------------
+
+
+class Endpoint:
+    def __init__(self, port: int, metrics: Metrics) -> None:
+        self.port = port
+        self.metrics = metrics
+        self.alive: bool | Exception = True
+        self.why = "refresher loop died"
+
+    def check(self) -> bool:
+        if isinstance(self.alive, Exception):
+            raise self.alive
+        return self.alive
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+def parse_reply(data: bytes) -> Reply:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, _reason = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert int(headers["content-length"]) == len(body) or not body
+    return int(status), headers, body
+
+
+async def exchange(port: int, raw: bytes, timeout: float = 5.0) -> Reply:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            data = await reader.read()  # the server closes after one response
+        return parse_reply(data)
+    finally:
+        writer.close()
+
+
+async def get(port: int, path: str, method: str = "GET") -> Reply:
+    return await exchange(port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+@pytest.fixture
+async def endpoint(node: FakeNode) -> AsyncIterator[Endpoint]:
+    m = Metrics()
+    Driver(node, m).scan()
+    holder: list[Endpoint] = []
+    server = await serve_http(
+        "127.0.0.1",
+        0,
+        m.registry,
+        lambda: holder[0].check(),
+        reason=lambda: holder[0].why,
+        head_timeout=0.5,
+        max_connections=4,
+    )
+    holder.append(Endpoint(server.sockets[0].getsockname()[1], m))
+    yield holder[0]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_metrics_over_http(endpoint: Endpoint) -> None:
+    status, headers, body = await get(endpoint.port, "/metrics?x=1")
+    assert status == 200
+    assert headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
+    assert headers["connection"] == "close"
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    socs = {
+        (s.labels["resource"], s.labels["health"]): s.value for s in families["qaic_socs"].samples
+    }
+    assert socs[(ULTRA, "healthy")] == 8
+    assert "qaic_health_transitions" in families and "qaic_device_plugin_info" in families
+    head_status, head_headers, head_body = await get(endpoint.port, "/metrics", "HEAD")
+    assert head_status == 200 and head_body == b""
+    assert int(head_headers["content-length"]) > 0
+
+
+async def test_healthz_follows_alive(endpoint: Endpoint) -> None:
+    status, headers, body = await get(endpoint.port, "/healthz")
+    assert (status, body) == (200, b"ok\n")
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    endpoint.alive = False
+    status, _, body = await get(endpoint.port, "/healthz")
+    assert status == 503 and body == b"not alive: refresher loop died\n"
+    endpoint.alive = RuntimeError("boom")
+    status, _, body = await get(endpoint.port, "/healthz")
+    assert status == 503 and b"RuntimeError('boom')" in body
+    endpoint.alive = True
+    assert (await get(endpoint.port, "/healthz"))[0] == 200
+
+
+async def test_not_found_and_method_not_allowed(endpoint: Endpoint) -> None:
+    assert (await get(endpoint.port, "/"))[0] == 404
+    assert (await get(endpoint.port, "/metricsx"))[0] == 404
+    status, headers, _ = await exchange(
+        endpoint.port, b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert (await get(endpoint.port, "/healthz", "DELETE"))[0] == 405
+    assert (await exchange(endpoint.port, b"\x00\xffgarbage\r\n\r\n"))[0] == 400
+    assert (await exchange(endpoint.port, b"GET /metrics SPDY/3\r\n\r\n"))[0] == 400
+
+
+async def test_oversized_head_is_refused(endpoint: Endpoint) -> None:
+    big = b"GET /metrics HTTP/1.1\r\nX-Junk: " + b"a" * 100_000 + b"\r\n\r\n"
+    status, _, body = await exchange(endpoint.port, big)
+    assert status == 431 and b"too large" in body
+    # Endless header lines without the blank line: refused once past the limit, not buffered.
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 4000)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status = parse_reply(await reader.read())[0]
+        assert status == 431
+    finally:
+        writer.close()
+    assert (await get(endpoint.port, "/healthz"))[0] == 200
+
+
+async def test_silent_client_does_not_block_others(endpoint: Endpoint) -> None:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+    try:
+        t0 = loop.time()
+        assert (await get(endpoint.port, "/healthz"))[0] == 200
+        assert (await get(endpoint.port, "/metrics"))[0] == 200
+        assert loop.time() - t0 < 0.4  # answered while the silent client is still connected
+        async with asyncio.timeout(5):
+            data = await reader.read()  # the server gives up on it after head_timeout
+        assert parse_reply(data)[0] == 408
+        assert loop.time() - t0 >= 0.4
+    finally:
+        writer.close()
+
+
+async def test_trickling_client_is_cut_off_at_the_deadline(endpoint: Endpoint) -> None:
+    """The deadline is for the whole head, not per read: a byte every 50 ms does not help."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+    t0 = loop.time()
+
+    async def trickle() -> None:
+        for b in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"z" * 1000:
+            writer.write(bytes([b]))
+            await asyncio.sleep(0.05)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(5):
+            data = await reader.read()
+        assert parse_reply(data)[0] == 408
+        assert loop.time() - t0 < 2
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.close()
+
+
+async def test_connection_limit_answers_busy(endpoint: Endpoint) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", endpoint.port) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.05)  # let the server accept them
+        status, _, body = await get(endpoint.port, "/healthz")
+        assert status == 503 and body == b"busy\n"
+    finally:
+        for _, w in held:
+            w.close()
+    await asyncio.sleep(0.1)  # the held connections see EOF and free their slots
+    assert (await get(endpoint.port, "/healthz"))[0] == 200
+
+
+async def test_a_wedged_event_loop_fails_the_probe() -> None:
+    """Why the endpoint lives in the plugin's loop: when that loop is stuck, /healthz goes
+    unanswered (the probe times out) instead of a side thread reporting all is well."""
+    here = asyncio.get_running_loop()
+    started: asyncio.Future[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = (
+        here.create_future()
+    )
+
+    async def plugin_loop() -> None:
+        stop = asyncio.Event()
+        server = await serve_http("127.0.0.1", 0, Metrics().registry, lambda: True)
+        port = server.sockets[0].getsockname()[1]
+        here.call_soon_threadsafe(started.set_result, (port, asyncio.get_running_loop(), stop))
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+
+    thread = threading.Thread(target=asyncio.run, args=(plugin_loop(),))
+    thread.start()
+    port, loop, stop = await asyncio.wait_for(started, 10)
+    try:
+        assert (await get(port, "/healthz"))[0] == 200
+        loop.call_soon_threadsafe(time.sleep, 1.0)  # wedge the plugin's loop
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n", timeout=0.5)
+        await asyncio.sleep(0.6)
+        assert (await get(port, "/healthz"))[0] == 200  # answered again once it moves
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        await asyncio.to_thread(thread.join, 10)
