@@ -34,17 +34,17 @@ qualcomm.com/qaic.sku.ultra.cards=2
 
 # Kubernetes label syntax, written out independently of the module under test
 # (k8s.io/apimachinery validation: IsQualifiedName, IsValidLabelValue).
-_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def k8s_label_ok(key: str, value: str) -> bool:
     prefix, _, name = key.rpartition("/")
     prefix_ok = 0 < len(prefix) <= 253 and all(
-        len(p) <= 63 and _DNS_LABEL.match(p) for p in prefix.split(".")
+        len(p) <= 63 and _DNS_LABEL.fullmatch(p) for p in prefix.split(".")
     )
-    name_ok = len(name) <= 63 and bool(_NAME.match(name))
-    value_ok = value == "" or (len(value) <= 63 and bool(_NAME.match(value)))
+    name_ok = len(name) <= 63 and bool(_NAME.fullmatch(name))
+    value_ok = value == "" or (len(value) <= 63 and bool(_NAME.fullmatch(value)))
     return prefix_ok and name_ok and value_ok and not prefix.endswith("kubernetes.io")
 
 
@@ -252,5 +252,8 @@ def test_label_validator_agrees_with_the_rules() -> None:
     assert not valid_label("qualcomm.com/qaic", "a" * 64)
     assert not valid_label("qualcomm.com/qaic", "two words")
     assert not valid_label("Qualcomm.com/qaic", "true")
+    assert not valid_label("qualcomm.com/qaic", "true\nevil.io/x=1")  # no line injection
+    assert not valid_label("qualcomm.com/qaic\n", "true")
+    assert not valid_label("a..b/qaic", "true")
     with pytest.raises(ValueError, match="invalid NFD labels"):
         nfd.render({"qualcomm.com/qaic": "not ok"})

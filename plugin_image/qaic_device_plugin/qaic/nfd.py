@@ -33,28 +33,30 @@ log = logging.getLogger(__name__)
 PREFIX = f"{DOMAIN}/{BASE}"  # qualcomm.com/qaic
 ACCEL = "accel"  # the upstream (drivers/accel/qaic) driver: /dev/accel/accelN
 LEGACY = "legacy"  # the out-of-tree driver's /dev/qaic_aic100_N style nodes
-_LEGACY_NODE = re.compile(r"^qaic_aic\d+_\d+$")
+_LEGACY_NODE = re.compile(r"qaic_aic\d+_\d+")
 NFD_FILE_LIMIT = 64 * 1024  # nfd-worker ignores larger feature files
 
 # Kubernetes label syntax (apimachinery IsQualifiedName / IsValidLabelValue).
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def valid_label(key: str, value: str) -> bool:
     """Would nfd-master accept `key=value` as a node label?"""
     prefix, sep, name = key.rpartition("/")
-    if not sep or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix):
+    if not sep or len(prefix) > 253:
+        return False
+    if not all(_DNS_LABEL.fullmatch(p) for p in prefix.split(".")):
         return False
     if prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io"):
         return False
-    return bool(_LABEL_NAME.match(name)) and (value == "" or bool(_LABEL_NAME.match(value)))
+    return bool(_LABEL_NAME.fullmatch(name)) and (value == "" or bool(_LABEL_NAME.fullmatch(value)))
 
 
 def legacy_nodes(dev_root: Path) -> list[str]:
     """The old driver's device nodes (it has no accel class, so only /dev shows it)."""
     try:
-        return sorted(n for n in os.listdir(dev_root) if _LEGACY_NODE.match(n))
+        return sorted(n for n in os.listdir(dev_root) if _LEGACY_NODE.fullmatch(n))
     except OSError:
         return []
 
