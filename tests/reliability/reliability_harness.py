@@ -12,10 +12,13 @@ import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from asyncinotify import Inotify, Mask
+from qaic_device_plugin.sim.process import PluginProcess
 
 FULL = os.environ.get("QAIC_RELIABILITY_FULL", "") == "1"
 RESULTS_ENV = "QAIC_RELIABILITY_RESULTS"
@@ -118,3 +121,24 @@ async def settle(
     with contextlib.suppress(TimeoutError):
         await until(ok, timeout, step=0.05, what="resources settled")
     return last
+
+
+async def start_and_await_socket(
+    start: Callable[[], Awaitable[PluginProcess]], plugin_dir: Path, socket: str
+) -> PluginProcess:
+    """Start the plugin and await (inotify) the creation of its socket `socket`; on timeout
+    say whether it exited and what it logged."""
+    with Inotify() as inotify:
+        inotify.add_watch(plugin_dir, Mask.CREATE)
+        plugin = await start()
+        try:
+            async with asyncio.timeout(15):
+                async for event in inotify:
+                    if event.name is not None and event.name.name == socket:
+                        break
+        except TimeoutError:
+            tail = "\n".join(plugin.log_text().splitlines()[-15:])
+            raise AssertionError(
+                f"no {socket} within 15 s; exit code {plugin.returncode}; log:\n{tail}"
+            ) from None
+    return plugin

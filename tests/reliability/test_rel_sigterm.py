@@ -13,13 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from asyncinotify import Inotify, Mask
 from grpc import aio
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
-from reliability_harness import Report, scale
+from reliability_harness import Report, scale, start_and_await_socket
 
 pytestmark = pytest.mark.reliability
 
@@ -126,13 +125,7 @@ async def test_sigterm_with_kubelet_absent(
     report.tried = "SIGTERM while kubelet is absent"
     times: list[float] = []
     for i in range(rounds):
-        with Inotify() as inotify:
-            inotify.add_watch(plugin_dir, Mask.CREATE)
-            plugin = await start_plugin()
-            async with asyncio.timeout(10):
-                async for event in inotify:
-                    if event.name is not None and event.name.name == SOCKET:
-                        break
+        plugin = await start_and_await_socket(start_plugin, plugin_dir, SOCKET)
         times.append(await sigterm(plugin))
         assert list(plugin_dir.iterdir()) == [], f"round {i}: left {list(plugin_dir.iterdir())}"
         assert plugin.events("kubelet_absent")
