@@ -27,6 +27,7 @@ from pydantic_settings import (
 from . import __version__
 from .backend import MultiSocPolicy
 from .qaic.model import Sku
+from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
 _BOOL = "1/0/true/false/yes/no"
@@ -107,6 +108,26 @@ class Settings(BaseSettings):
         "a number of seconds > 0",
         gt=0,
     )
+    ue_cooldown_seconds: float = _setting(
+        "QAIC_UE_COOLDOWN_SECONDS",
+        300.0,
+        "how long a SoC stays Unhealthy after an uncorrectable RAS error (ue_count grew)",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    udev_enabled: bool = _setting(
+        "QAIC_UDEV_ENABLED",
+        True,
+        "re-check health at once on udev events for qaic devices (resets, sub-system restarts)",
+        _BOOL,
+    )
+    udev_source: UdevSource = _setting(
+        "QAIC_UDEV_SOURCE",
+        UdevSource.UDEV,
+        "udev: events via udevd (needs the host's /run/udev mounted); kernel: raw kernel "
+        "uevents (no udevd; needs the host network namespace)",
+        "one of udev, kernel",
+    )
     multi_soc_policy: MultiSocPolicy = _setting(
         "QAIC_MULTI_SOC_POLICY",
         MultiSocPolicy.PREFER,
@@ -129,7 +150,7 @@ class Settings(BaseSettings):
         "one of text, json",
     )
 
-    @field_validator("log_level", "log_format", "multi_soc_policy", mode="before")
+    @field_validator("log_level", "log_format", "multi_soc_policy", "udev_source", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
