@@ -8,34 +8,50 @@ publishes, so bursts of events coalesce and no two scans race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from .backend import QaicResource
 from .fswatch import watch_directory
 from .kubelet.manager import PluginManager
 from .qaic.inventory import Inventory, NodeState, SocState
-from .qaic.model import QaicUtilEntry
+from .qaic.model import QaicUtilEntry, SkuSource
 from .qaic.qaic_util import QaicUtilError, find_qaic_util, query_qaic_util
 from .qaic.resources import resource_name
+from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# PreStartContainer runs qaic-util for a fresh Status; kubelet gives the whole call 30 s.
+PRESTART_QAIC_UTIL_BUDGET_SECONDS = 10.0
+EARLY_POLL_COALESCE_SECONDS = 0.25  # an early poll (udev event, new SoC) waits for its burst
 
 
 class App:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
-        self.inventory = Inventory(settings.sysfs_root, settings.dev_root, settings.sku_overrides)
+        self.inventory = Inventory(
+            settings.sysfs_root,
+            settings.dev_root,
+            settings.sku_overrides,
+            ue_cooldown_seconds=settings.ue_cooldown_seconds,
+            clock=clock,
+        )
         self.manager = PluginManager(settings.device_plugin_dir, clock=clock)
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
         self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
         self._qaic_util: list[QaicUtilEntry] | None = None
         self._dirty = asyncio.Event()
+        self._poll_now = asyncio.Event()  # qaic-util before the next interval (udev, new SoCs)
+        self._poll_seq = self._poll_applied = 0
+        self._asked: set[str] = set()  # SoCs qaic-util was run for since they appeared
         self._refreshed = asyncio.Condition()
         self._generation = 0
 
@@ -57,8 +73,24 @@ class App:
             recheck=self.fresh_state,
         )
 
+    def _hold_back_unnamed(self, state: NodeState) -> NodeState:
+        """SKU mode: a SoC that appeared since qaic-util last ran is listed only once qaic-util
+        has been asked about it, so a Pro card is never briefly offered as a guessed Std."""
+        self._asked &= {s.soc.pci_address for s in state.socs}
+        if not self.settings.sku_based_resource_enabled or self._qaic_util is None:
+            return state  # no resource to get wrong, or no qaic-util answer to wait for
+        new = {
+            s.soc.pci_address
+            for s in state.socs
+            if s.sku.source is SkuSource.TOPOLOGY and s.soc.pci_address not in self._asked
+        }
+        if not new:
+            return state
+        self._poll_now.set()
+        return replace(state, socs=tuple(s for s in state.socs if s.soc.pci_address not in new))
+
     async def refresh(self) -> NodeState:
-        state = self.inventory.scan(self._qaic_util)
+        state = self._hold_back_unnamed(self.inventory.scan(self._qaic_util))
         for s in state.socs:
             old = self.state.by_pci().get(s.soc.pci_address) if self.state else None
             if old is None or old.healthy != s.healthy:
@@ -95,7 +127,11 @@ class App:
         return state
 
     async def fresh_state(self) -> dict[str, SocState]:
-        """Health as of now (PreStartContainer): wait for a refresh that started after the call."""
+        """Health as of now (PreStartContainer): a fresh qaic-util Status (bounded well under
+        kubelet's 30 s), then a refresh that started after the call."""
+        await self.poll_qaic_util(
+            min(self.settings.qaic_util_timeout_seconds, PRESTART_QAIC_UTIL_BUDGET_SECONDS)
+        )
         async with self._refreshed:
             target = self._generation + 1 + (1 if self._dirty.is_set() else 0)
             self._dirty.set()
@@ -103,17 +139,25 @@ class App:
         assert self.state is not None
         return self.state.by_pci()
 
-    async def poll_qaic_util(self) -> None:
+    async def poll_qaic_util(self, timeout: float | None = None) -> None:
         if self.qaic_util_path is None:
             return
+        self._poll_seq += 1
+        seq = self._poll_seq
+        asked = self.inventory.known()
+        entries: list[QaicUtilEntry] | None
         try:
-            self._qaic_util = await query_qaic_util(
-                self.qaic_util_path, self.settings.qaic_util_timeout_seconds
+            entries = await query_qaic_util(
+                self.qaic_util_path, timeout or self.settings.qaic_util_timeout_seconds
             )
         except QaicUtilError as e:
             # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
-            self._qaic_util = None
+            entries = None
             log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": str(e)})
+        self._asked |= asked
+        if seq > self._poll_applied:  # runs overlap (PreStart): the newest started one wins
+            self._poll_applied = seq
+            self._qaic_util = entries
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -134,17 +178,52 @@ class App:
 
     async def _qaic_util_poller(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.health_poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), self.settings.health_poll_seconds)
+            if self._poll_now.is_set():
+                await asyncio.sleep(EARLY_POLL_COALESCE_SECONDS)
+            self._poll_now.clear()
             await self.poll_qaic_util()
             self._dirty.set()
 
+    def _on_udev(self, event: UdevEvent | None) -> None:
+        self._dirty.set()
+        if event is None or event.subsystem == "accel":
+            self._poll_now.set()  # a reset or sub-system restart: Status may have changed
+
+    def _open_udev(self) -> UdevWatch | None:
+        s = self.settings
+        if not s.udev_enabled:
+            log.info("udev events off (QAIC_UDEV_ENABLED=false)", extra={"event": "udev_off"})
+            return None
+        try:
+            monitor = open_monitor(s.udev_source)
+        except UdevUnavailable as e:
+            log.warning(
+                "udev events unavailable; relying on inotify and the periodic resync",
+                extra={
+                    "event": "udev_unavailable",
+                    "source": s.udev_source.value,
+                    "reason": str(e),
+                },
+            )
+            return None
+        log.info(
+            "watching udev events", extra={"event": "udev_started", "source": s.udev_source.value}
+        )
+        return UdevWatch(monitor, self._on_udev)
+
     def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {
+        loops = {
             "refresher": self._refresher(),
             "dev-watch": self._watch_dev(),
             "resync": self._resync(),
             "qaic-util-poll": self._qaic_util_poller(),
         }
+        udev = self._open_udev()
+        if udev is not None:
+            loops["udev"] = udev.run()
+        return loops
 
     # -- lifecycle ---------------------------------------------------------------------------
 
