@@ -22,7 +22,7 @@ HEAD_TIMEOUT = 5.0  # seconds to deliver the head; kubelet's probe gives up afte
 WRITE_TIMEOUT = 5.0  # seconds for a client to take the response
 LINGER_TIMEOUT = 1.0  # after an error reply, seconds to discard what the client still sends
 LINGER_LIMIT = 65536  # ... and at most this many bytes
-MAX_CONNECTIONS = 64  # beyond this, answer 503 at once instead of queueing
+MAX_CONNECTIONS = 64  # beyond this answer 503 at once; beyond twice this, reset the connection
 TEXT = "text/plain; charset=utf-8"
 METHODS = ("GET", "HEAD")  # RFC 9110 9.1: a server supporting GET supports HEAD
 
