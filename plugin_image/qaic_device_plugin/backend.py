@@ -20,6 +20,7 @@ from .kubelet.types import (
     Refusal,
     RefusalKind,
 )
+from .qaic.cdi import cdi_device_name
 from .qaic.inventory import SocState
 from .qaic.topology import Placement, cards_spanned, preferred_allocation, spread_replicas
 
@@ -52,6 +53,8 @@ class QaicResource:
         prestart_check: bool = False,
         recheck: Callable[[], Awaitable[dict[str, SocState]]] | None = None,
         on_cross_card: Callable[[str, str], None] | None = None,  # (resource, rpc)
+        on_allocate: Callable[[str, int], None] | None = None,  # (resource, SoCs)
+        cdi: bool = False,
     ) -> None:
         self._name = resource_name
         self._shares = shares
@@ -61,6 +64,8 @@ class QaicResource:
         )
         self._recheck = recheck
         self._on_cross_card = on_cross_card
+        self._on_allocate = on_allocate
+        self._cdi = cdi
         self._devices: Feed[tuple[Device, ...]] = Feed(())
         self._socs: dict[str, SocState] = {}
         self._placements: tuple[Placement, ...] = ()
@@ -153,8 +158,14 @@ class QaicResource:
                 ContainerAllocation(
                     devices=[DeviceSpec(p, p, "rw") for p in paths],
                     envs={VISIBLE_DEVICES_ENV: qids},
+                    cdi_devices=(
+                        [cdi_device_name(s.soc.pci_address) for s in socs] if self._cdi else []
+                    ),
                 )
             )
+        if self._on_allocate is not None:
+            for socs in resolved:
+                self._on_allocate(self._name, len(socs))
         return out
 
     async def preferred_allocation(

@@ -140,6 +140,36 @@ class Settings(BaseSettings):
         "re-check SoC health in PreStartContainer before every container start",
         _BOOL,
     )
+    metrics_port: int = _setting(
+        "QAIC_METRICS_PORT",
+        9410,
+        "port for /metrics and /healthz (the liveness probe); 0 disables both",
+        "an integer from 0 to 65535",
+        ge=0,
+        le=65535,
+    )
+    metrics_address: str = _setting(
+        "QAIC_METRICS_ADDRESS",
+        "",
+        "address /metrics and /healthz listen on (empty: all interfaces)",
+        "an IP address, or empty for all",
+    )
+    nfd_features_dir: Path | None = _setting(
+        "QAIC_NFD_FEATURES_DIR",
+        None,
+        "Node Feature Discovery local-source dir for a qaic feature file "
+        "(usually /etc/kubernetes/node-feature-discovery/features.d); unset disables",
+        "a directory path",
+    )
+    cdi_enabled: bool = _setting(
+        "QAIC_CDI_ENABLED",
+        False,
+        "write a CDI spec for the SoCs and return cdi_devices in Allocate (besides DeviceSpecs)",
+        _BOOL,
+    )
+    cdi_dir: Path = _setting(
+        "QAIC_CDI_DIR", Path("/var/run/cdi"), "where the CDI spec is written", "a directory path"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting(
         "QAIC_LOG_LEVEL", "info", "log level", "one of debug, info, warning, error"
     )

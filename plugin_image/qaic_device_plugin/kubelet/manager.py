@@ -186,11 +186,16 @@ class PluginManager:
                 delay = min(delay * 2, self._backoff[1])
                 continue
             delay = self._backoff[0]
-            served.registered_with = target
+            previous, served.registered_with = served.registered_with, target
             served.registrations += 1
             first = served.registrations == 1
+            # Reaction time is only meaningful for the first Register with a NEW kubelet
+            # (not at start-up, not after our own socket was removed under the same kubelet).
+            new_kubelet = previous is not None and previous[0] != kubelet
             reaction = (
-                self._clock() - self._kubelet_seen_at if self._kubelet_seen_at is not None else None
+                self._clock() - self._kubelet_seen_at
+                if new_kubelet and self._kubelet_seen_at is not None
+                else None
             )
             log.info(
                 "registered with kubelet" if first else "re-registered with kubelet",

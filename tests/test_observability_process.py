@@ -1,0 +1,106 @@
+"""Metrics, /healthz, the NFD feature file and CDI through the real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from qaic_device_plugin.sim.kubelet import KubeletSim
+from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.process import PluginProcess
+
+StartPlugin = Callable[..., Awaitable[PluginProcess]]
+ULTRA = "qualcomm.com/qaic-ultra"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_metrics_healthz_nfd_and_cdi(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin, tmp_path: Path
+) -> None:
+    port = free_port()
+    nfd, cdi = tmp_path / "features.d", tmp_path / "cdi"
+    nfd.mkdir()
+    await start_plugin(
+        QAIC_SKU_BASED_RESOURCE_ENABLED="1",
+        QAIC_METRICS_PORT=str(port),
+        QAIC_METRICS_ADDRESS="127.0.0.1",
+        QAIC_NFD_FEATURES_DIR=str(nfd),
+        QAIC_CDI_ENABLED="true",
+        QAIC_CDI_DIR=str(cdi),
+    )
+    view = await kubelet.wait_devices(ULTRA, healthy=8)
+    assert await http_get(port, "/healthz") == (200, "ok\n")
+
+    status, text = await http_get(port, "/metrics")
+    assert status == 200
+    socs = samples(text, "qaic_socs")
+    assert socs[(("health", "healthy"), ("resource", ULTRA))] == 8
+    assert socs[(("health", "healthy"), ("resource", "qualcomm.com/qaic-pro"))] == 1
+
+    # NFD: labels that match the node
+    labels = dict(
+        line.split("=", 1)
+        for line in (nfd / "qaic").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert labels["qualcomm.com/qaic.present"] == "true"
+    assert labels["qualcomm.com/qaic.socs"] == "10"
+    assert labels["qualcomm.com/qaic.cards"] == "4"
+    assert labels["qualcomm.com/qaic.sku.ultra.socs"] == "8"
+
+    # CDI: a spec naming every SoC, and Allocate returns its names next to the DeviceSpecs
+    spec = json.loads((cdi / "qualcomm.com-qaic.json").read_text())
+    assert spec["kind"] == "qualcomm.com/qaic"
+    assert len(spec["devices"]) == 10
+    pci = view.healthy[0]
+    resp = await kubelet.allocate(ULTRA, [pci])
+    c = resp.container_responses[0]
+    assert [d.name for d in c.cdi_devices] == [f"qualcomm.com/qaic={pci.replace(':', '-')}"]
+    assert len(c.devices) == 1
+
+    # a health flip and a kubelet restart show up in the counters
+    node.remove_device_node(pci)
+    await kubelet.wait_devices(ULTRA, healthy=7, unhealthy=1)
+    node.restore_device_node(pci)
+    await kubelet.wait_devices(ULTRA, healthy=8)
+    await kubelet.restart()
+    await kubelet.wait_registered(ULTRA, count=2)
+    await kubelet.wait_registered("qualcomm.com/qaic-pro", count=2)
+    await kubelet.wait_registered("qualcomm.com/qaic-std", count=2)
+    _, text = await http_get(port, "/metrics")
+    trans = samples(text, "qaic_health_transitions_total")
+    assert trans[(("signal", "device-node"), ("to", "unhealthy"))] == 1
+    assert trans[(("signal", "device-node"), ("to", "healthy"))] == 1
+    regs = samples(text, "qaic_registrations_total")
+    assert regs[(("kind", "re"), ("resource", ULTRA))] == 1
+    assert samples(text, "qaic_allocations_total")[(("resource", ULTRA),)] == 1
+    assert samples(text, "qaic_kubelet_reaction_seconds_count")[()] == 3
