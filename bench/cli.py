@@ -41,6 +41,16 @@ def _clean_environment() -> None:
             del os.environ[k]
 
 
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=HERE, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -53,16 +63,9 @@ def _machine() -> dict[str, Any]:
         for line in f:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=HERE,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _git("rev-parse", "--short", "HEAD").strip()
+    # The plugin runs from the checkout (editable install): say if it differs from the commit.
+    dirty = _git("status", "--porcelain", "--", str(HERE.parent / "plugin_image")).splitlines()
     import grpc
 
     return {
@@ -74,6 +77,7 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "commit": commit,
+        "plugin_uncommitted_changes": [line[3:] for line in dirty if line.strip()],
     }
 
 
@@ -316,8 +320,8 @@ def build_rows(
 
 def quality_table(result: dict[float, dict[Admission, dict[str, Outcome]]]) -> str:
     head = (
-        f"{'offered load':>12}  {'policy':<15} {'4-SoC 1 card':>12} {'2-SoC 1 card':>12} "
-        f"{'unplaced':>9} {'unplaced (require)':>19} {'util':>5}"
+        f"{'offered load':>12}  {'policy':<15} {'4-SoC 1 card':>12} {'(1 card free)':>13} "
+        f"{'2-SoC 1 card':>12} {'unplaced':>9} {'unplaced (require)':>19} {'util':>5}"
     )
     lines = [head, "-" * len(head)]
     for load, by_adm in result.items():
@@ -326,8 +330,29 @@ def quality_table(result: dict[float, dict[Admission, dict[str, Outcome]]]) -> s
             r = by_adm["require"][name]
             req = f"{sum(r.unplaced.values())} ({r.unplaced.get(4, 0)} 4-SoC)"
             lines.append(
-                f"{load:>12g}  {name:<15} {p.pct_one_card(4):>11.1f}% {p.pct_one_card(2):>11.1f}% "
+                f"{load:>12g}  {name:<15} {p.pct_one_card(4):>11.1f}% {p.pct_fits(4):>12.1f}% "
+                f"{p.pct_one_card(2):>11.1f}% "
                 f"{sum(p.unplaced.values()):>9} {req:>19} {p.mean_utilisation:>5.2f}"
+            )
+    return "\n".join(lines)
+
+
+def quality_markdown(result: dict[float, dict[Admission, dict[str, Outcome]]]) -> str:
+    lines = [
+        "| offered load | policy | 4-SoC jobs on one card | 4-SoC jobs that found a card "
+        "with room | 2-SoC jobs on one card | not placed (prefer) | not placed (require) "
+        "| mean utilisation |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load, by_adm in result.items():
+        for name in POLICIES:
+            p = by_adm["prefer"][name]
+            r = by_adm["require"][name]
+            lines.append(
+                f"| {load:g} | {name} | {p.pct_one_card(4):.1f}% | {p.pct_fits(4):.1f}% "
+                f"| {p.pct_one_card(2):.1f}% | {sum(p.unplaced.values())} "
+                f"| {sum(r.unplaced.values())} ({r.unplaced.get(4, 0)} 4-SoC) "
+                f"| {p.mean_utilisation:.2f} |"
             )
     return "\n".join(lines)
 
@@ -387,6 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": os.getloadavg(),
         "seed": args.seed,
     }
+    dirty = meta["machine"]["plugin_uncommitted_changes"]
+    print(
+        f"plugin code: commit {meta['machine']['commit'] or '?'}"
+        + (f" plus uncommitted changes to {len(dirty)} file(s)" if dirty else ""),
+        flush=True,
+    )
     print(
         f"qaic-k8s bench ({meta['mode']}): {meta['machine']['nproc']} CPUs, "
         f"load average {'/'.join(f'{x:.2f}' for x in meta['load_before'])} before start",
@@ -445,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         print()
         print(markdown(rows))
+        print()
+        print(quality_markdown(quality))
     result = {
         "meta": meta,
         "rows": [r.to_json() for r in rows],

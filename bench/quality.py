@@ -129,6 +129,11 @@ class Outcome:
         placed = self.placed.get(size, 0)
         return 100.0 * self.one_card.get(size, 0) / placed if placed else 0.0
 
+    def pct_fits(self, size: int) -> float:
+        """Of the placed jobs of `size`, how many arrived while one card had room for them."""
+        placed = self.placed.get(size, 0)
+        return 100.0 * self.fits.get(size, 0) / placed if placed else 0.0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "policy": self.policy,
