@@ -72,10 +72,6 @@ class Inventory:
         self._known: dict[str, Soc] = {}
         self._skus: dict[str, SkuDecision] = {}
 
-    def known(self) -> frozenset[str]:
-        """PCI addresses of the SoCs the last scan reported."""
-        return frozenset(self._known)
-
     def _pci_present(self, pci: str) -> bool:
         return os.path.lexists(self.sysfs_root / "bus" / "pci" / "devices" / pci)
 
