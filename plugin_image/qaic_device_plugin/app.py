@@ -18,10 +18,14 @@ from typing import Any
 from .backend import QaicResource
 from .fswatch import watch_directory
 from .kubelet.manager import PluginManager
+from .observability.http import serve_http
+from .observability.metrics import Metrics
+from .qaic.cdi import CdiSpecFile
 from .qaic.discovery import discover
 from .qaic.health import Finding, Signal
 from .qaic.inventory import Inventory, NodeState, SocState
 from .qaic.model import QaicUtilEntry
+from .qaic.nfd import NfdFeatureFile
 from .qaic.qaic_util import QaicUtilError, find_qaic_util, query_qaic_util
 from .qaic.resources import resource_name
 from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
@@ -45,7 +49,11 @@ class App:
             ue_cooldown_seconds=settings.ue_cooldown_seconds,
             clock=clock,
         )
-        self.manager = PluginManager(settings.device_plugin_dir, clock=clock)
+        self.metrics = Metrics()
+        self.manager = PluginManager(settings.device_plugin_dir, observer=self.metrics, clock=clock)
+        self.nfd = NfdFeatureFile(settings.nfd_features_dir) if settings.nfd_features_dir else None
+        self.cdi = CdiSpecFile(settings.cdi_dir) if settings.cdi_enabled else None
+        self._tasks: list[asyncio.Task[None]] = []
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
         self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
@@ -73,6 +81,9 @@ class App:
             multi_soc_policy=self.settings.multi_soc_policy,
             prestart_check=self.settings.prestart_check,
             recheck=self.fresh_state,
+            on_cross_card=self.metrics.on_cross_card,
+            on_allocate=self.metrics.on_allocate,
+            cdi=self.cdi is not None,
         )
 
     def _current_qaic_util(self) -> list[QaicUtilEntry] | None:
@@ -126,6 +137,8 @@ class App:
                 extra={"event": "signal_unreadable", "signal": u.signal, "detail": u.detail},
             )
         groups = self._group(state)
+        if self.cdi is not None:  # before any snapshot names a SoC that Allocate may return
+            self.cdi.update(state)
         for name in groups:
             if name not in self.resources:
                 self.resources[name] = self._new_resource(name)
@@ -136,6 +149,9 @@ class App:
         for name in [n for n in self.resources if n not in groups]:
             await self.resources.pop(name).close()
         await self.manager.set_backends({n: self.resources[n] for n in groups})
+        self.metrics.observe_state(self.state, state, groups)
+        if self.nfd is not None:
+            self.nfd.update(state, self.settings.dev_root)
         self.state = state
         async with self._refreshed:
             self._generation += 1
@@ -169,6 +185,7 @@ class App:
         except QaicUtilError as e:
             # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
             entries = None
+            self.metrics.signal_unreadable(Signal.QAIC_UTIL)
             log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": str(e)})
         self._asked |= asked
         if seq > self._poll_applied:  # runs overlap (PreStart): the newest started one wins
@@ -243,6 +260,15 @@ class App:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def liveness(self) -> str | None:
+        """Why the plugin is not alive (for /healthz), or None when every loop runs."""
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return "loops stopped: " + ", ".join(dead)
+        if not self.manager.alive:
+            return "plugin manager not serving (watch or registration loop stopped)"
+        return None
+
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until `stop` is set (exit 0) or a loop dies (exit 1: let the DaemonSet
         restart us rather than advertise devices nobody watches)."""
@@ -266,10 +292,19 @@ class App:
             )
         await self.manager.start()
         tasks: list[asyncio.Task[None]] = []
+        http: asyncio.Server | None = None
         try:
+            if s.metrics_port:
+                http = await serve_http(
+                    s.metrics_address,
+                    s.metrics_port,
+                    self.metrics.registry,
+                    lambda: self.liveness() is None,
+                    reason=lambda: self.liveness() or "",
+                )
             await self.poll_qaic_util()
             await self.refresh()
-            tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
+            self._tasks = tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -283,6 +318,9 @@ class App:
                 )
             return 1 if failed else 0
         finally:
+            if http is not None:
+                http.close()
+                await http.wait_closed()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
