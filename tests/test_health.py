@@ -3,11 +3,17 @@ with an injected clock, and the inventory combining them: every signal flips and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
+from asyncinotify import Inotify, Mask
+from grpc import aio
 from hypothesis import given
 from hypothesis import strategies as st
 from qaic_device_plugin.qaic.health import (
@@ -28,7 +34,11 @@ from qaic_device_plugin.qaic.health import (
 )
 from qaic_device_plugin.qaic.inventory import Inventory
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Soc
+from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import DBCS_PER_SOC, CardSpec, FakeNode, Sku
+from qaic_device_plugin.sim.process import PluginProcess
+
+StartPlugin = Callable[..., Awaitable[PluginProcess]]
 
 
 class Clock:
@@ -53,11 +63,6 @@ def make(tmp_path: Path, **kw: object) -> FakeNode:
 def soc_of(node: FakeNode, i: int = 0) -> Soc:
     s = node.socs[i]
     return Soc(s.pci_address, s.accel_index, 0xA100, None, s.card_id, s.qid)
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> FakeNode:
-    return make(tmp_path)
 
 
 # -- device node -----------------------------------------------------------------------------
@@ -386,3 +391,167 @@ def test_inventory_drops_removed_soc_and_its_ras_memory(node: FakeNode) -> None:
     node.remove_soc(pci)
     assert pci not in inv.scan(None).by_pci()
     assert inv.ras.next_expiry() is None
+
+
+# -- through the real process and the kubelet simulator -------------------------------------------
+
+QAIC = "qualcomm.com/qaic"
+
+
+async def wait_logged(plugin: PluginProcess, event: str, count: int = 1) -> None:
+    """Await the plugin logging `event` `count` times, by watching its log file (no polling)."""
+    with Inotify() as inotify:
+        inotify.add_watch(plugin.log_path, Mask.MODIFY)
+        async with asyncio.timeout(10):
+            while len(plugin.events(event)) < count:
+                await inotify.get()
+
+
+FAST = {"QAIC_RESYNC_SECONDS": "0.2"}  # sysfs attributes change without inotify events
+
+
+async def test_process_dbc_restart_flips_and_recovers(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    plugin = await start_plugin(**FAST)
+    await kubelet.wait_devices(QAIC, healthy=10)
+    pci = node.socs[4].pci_address
+    node.set_dbc_state(pci, 9, 3)  # after-shutdown
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    node.set_dbc_state(pci, 9, 5)  # after-power-up
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=5)
+    flips = [e for e in plugin.events("health") if e["pci"] == pci]
+    assert [e["healthy"] for e in flips] == [True, False, True]
+    assert "dbc-state" in flips[1]["reasons"][0]
+
+
+async def test_process_ras_cooldown_then_recovery(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    pci = node.socs[0].pci_address
+    node.bump_ue_count(pci, 3)  # errors before we started: history, not a verdict
+    await start_plugin(QAIC_UE_COOLDOWN_SECONDS="1.5", **FAST)
+    await kubelet.wait_devices(QAIC, healthy=10)
+    node.bump_ue_count(pci)
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    node.bump_ras_count(pci, "ue_nonfatal_count")  # non-fatal: logged, no verdict
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=6)  # cool-down over
+
+
+async def test_process_qaic_util_status_flips_and_failures_are_no_evidence(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    plugin = await start_plugin(QAIC_HEALTH_POLL_SECONDS="0.3", QAIC_UTIL_TIMEOUT_SECONDS="1")
+    await kubelet.wait_devices(QAIC, healthy=10)
+    pci = node.socs[7].pci_address
+    node.set_status(pci, "Error")
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    node.set_status(pci, "Ready")
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=5)
+    # qaic-util crashing or hanging says nothing about the SoCs: all stay Healthy
+    node.set_qaic_util_mode("crash")
+    await wait_logged(plugin, "qaic_util_failed")  # the crash: Status evidence dropped
+    node.set_status(pci, "Error")  # what a working qaic-util would now report
+    node.set_qaic_util_mode("hang")
+    await wait_logged(plugin, "qaic_util_failed", count=2)  # killed after 1 s
+    assert "within" in plugin.events("qaic_util_failed")[-1]["error"]
+    assert len(kubelet.resources[QAIC].healthy) == 10  # no evidence is not a verdict
+    node.set_qaic_util_mode(None)
+    await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+
+
+async def test_process_driver_unbind_and_rebind(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    plugin = await start_plugin(QAIC_HEALTH_POLL_SECONDS="3600", QAIC_RESYNC_SECONDS="3600")
+    await kubelet.wait_devices(QAIC, healthy=10)
+    pci = node.socs[5].pci_address
+    node.unbind_driver(pci)  # inotify: its /dev node goes
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    node.bind_driver(pci)  # back, with an early qaic-util poll confirming it
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=5)
+    bad = [e for e in plugin.events("health") if e["pci"] == pci and not e["healthy"]]
+    # "left sysfs" or, if the scan came after the driver link went, "no driver bound"
+    assert any(r.startswith("sysfs: ") for r in bad[0]["reasons"])
+
+
+async def test_process_prestart_refuses_a_soc_that_went_bad(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    """Nothing but PreStartContainer looks: no poll, no resync for an hour, no udev here."""
+    await start_plugin(
+        QAIC_PRESTART_CHECK="true", QAIC_HEALTH_POLL_SECONDS="3600", QAIC_RESYNC_SECONDS="3600"
+    )
+    await kubelet.wait_devices(QAIC, healthy=10)
+    assert kubelet.resources[QAIC].options.pre_start_required
+    a, b, c = (s.pci_address for s in node.socs[:3])
+    await kubelet.pre_start(QAIC, [a, b])
+    node.set_status(b, "Error")  # qaic-util Status, fetched at call time
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.pre_start(QAIC, [a, b])
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "Error" in (err.value.details() or "")
+    node.set_dbc_state(c, 0, 2)  # a sysfs signal, re-read at call time
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.pre_start(QAIC, [c])
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    await kubelet.pre_start(QAIC, [a])
+    node.set_status(b, "Ready")
+    node.set_dbc_state(c, 0, 1)
+    await kubelet.pre_start(QAIC, [a, b, c])
+    await kubelet.wait_devices(QAIC, healthy=10)
+
+
+async def test_process_prestart_with_hung_qaic_util_is_bounded_and_no_evidence(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    await start_plugin(
+        QAIC_PRESTART_CHECK="true", QAIC_HEALTH_POLL_SECONDS="3600", QAIC_UTIL_TIMEOUT_SECONDS="1"
+    )
+    await kubelet.wait_devices(QAIC, healthy=10)
+    node.set_qaic_util_mode("hang")
+    t0 = time.monotonic()
+    await kubelet.pre_start(QAIC, [node.socs[0].pci_address])
+    assert time.monotonic() - t0 < 5
+
+
+async def test_process_udev_availability_is_logged_once(
+    kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    """udev source without /run/udev: one warning, and the plugin works on inotify + resync;
+    kernel source: a real netlink monitor; disabled: said so."""
+    for env, expected in (
+        ({}, "udev_started" if os.path.isdir("/run/udev") else "udev_unavailable"),
+        ({"QAIC_UDEV_SOURCE": "kernel"}, "udev_started"),
+        ({"QAIC_UDEV_ENABLED": "false"}, "udev_off"),
+    ):
+        plugin = await start_plugin(**env)
+        await wait_logged(plugin, expected)
+        await kubelet.wait_devices(QAIC, healthy=10)
+        assert plugin.returncode is None
+        others = {"udev_started", "udev_unavailable", "udev_off"} - {expected}
+        assert not any(plugin.events(e) for e in others)
+        if expected == "udev_unavailable":
+            assert "/run/udev" in plugin.events(expected)[0]["reason"]
+        assert await plugin.stop() == 0
+
+
+async def test_process_exits_nonzero_when_the_refresher_dies(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin, plugin_dir: Path
+) -> None:
+    """The health machinery dying must end the process (exit 1, so the DaemonSet restarts it),
+    never leave it advertising devices nobody watches. Provoked from outside: a new SKU's
+    socket path is squatted by a directory, so serving it raises inside the refresher."""
+    (pro,) = [s for s in node.socs if s.sku is Sku.PRO]
+    node.remove_soc(pro.pci_address)
+    (plugin_dir / "qualcomm.com_qaic-pro.sock").mkdir()
+    plugin = await start_plugin(QAIC_SKU_BASED_RESOURCE_ENABLED="1")
+    await kubelet.wait_devices("qualcomm.com/qaic-ultra", healthy=8)
+    node.add_card(CardSpec(Sku.PRO, numa_node=1))
+    assert await plugin.wait(timeout=15) == 1
+    (died,) = plugin.events("loop_died")
+    assert died["loop"] == "refresher"
