@@ -7,6 +7,7 @@ creation) must carry the change."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -159,3 +160,37 @@ async def test_reset_that_rebinds_comes_back_with_its_new_node(
     resp = await kubelet.allocate(QAIC, [soc.pci_address])
     (spec,) = resp.container_responses[0].devices
     assert spec.host_path == f"/dev/accel/accel{new_accel}"
+
+
+def test_fake_driver_unbind_bind_unload_load_stay_kernel_shaped(tmp_path: Path) -> None:
+    from qaic_device_plugin.qaic.discovery import discover
+
+    node = fresh(tmp_path, [CardSpec(Sku.ULTRA), CardSpec(Sku.PRO, numa_node=1)])
+
+    def consistent() -> None:
+        for d, _dirs, files in os.walk(node.root):
+            for n in _dirs + files:
+                p = Path(d, n)
+                if p.is_symlink():
+                    assert p.resolve().exists(), f"dangling {p}"
+        d = discover(node.sysfs_root)
+        assert d.skipped == ()
+        bound = [s for s in node.socs if s.accel_index >= 0]
+        assert [(s.pci_address, s.accel_index, s.qid) for s in d.socs] == [
+            (s.pci_address, s.accel_index, s.qid) for s in bound
+        ]
+
+    pci = node.socs[2].pci_address
+    node.unbind_driver(pci)
+    assert not (node.function_dir(pci) / "driver").exists()
+    assert "DRIVER=" not in (node.function_dir(pci) / "uevent").read_text()
+    consistent()
+    node.bind_driver(pci)
+    assert (node.function_dir(pci) / "uevent").read_text().startswith("DRIVER=qaic\n")
+    consistent()
+    node.unload_driver()
+    assert not (node.sysfs_root / "bus/pci/drivers/qaic").exists()
+    consistent()
+    node.load_driver()
+    assert len(discover(node.sysfs_root).socs) == 5
+    consistent()
