@@ -440,6 +440,24 @@ async def test_process_ras_cooldown_then_recovery(
     await kubelet.wait_devices(QAIC, healthy=10, timeout=6)  # cool-down over
 
 
+async def test_process_recovers_when_the_cooldown_ends_without_a_resync(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    """The rescan wakes at the cool-down's end, not at the next periodic resync."""
+    pci = node.socs[0].pci_address
+    await start_plugin(
+        QAIC_UE_COOLDOWN_SECONDS="1", QAIC_RESYNC_SECONDS="3600", QAIC_UDEV_ENABLED="false"
+    )
+    await kubelet.wait_devices(QAIC, healthy=10)
+    node.bump_ue_count(pci)
+    node.remove_device_node(pci)  # an inotify event makes the plugin read ue_count now
+    await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    node.restore_device_node(pci)  # device back, RAS cool-down still running
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=5)
+
+
 async def test_process_qaic_util_status_flips_and_failures_are_no_evidence(
     node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:

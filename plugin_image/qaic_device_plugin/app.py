@@ -54,6 +54,7 @@ class App:
         self.nfd = NfdFeatureFile(settings.nfd_features_dir) if settings.nfd_features_dir else None
         self.cdi = CdiSpecFile(settings.cdi_dir) if settings.cdi_enabled else None
         self._tasks: list[asyncio.Task[None]] = []
+        self._cooldown_timer: asyncio.TimerHandle | None = None
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
         self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
@@ -149,6 +150,7 @@ class App:
         for name in [n for n in self.resources if n not in groups]:
             await self.resources.pop(name).close()
         await self.manager.set_backends({n: self.resources[n] for n in groups})
+        self._wake_at_cooldown_end()
         self.metrics.observe_state(self.state, state, groups)
         if self.nfd is not None:
             self.nfd.update(state, self.settings.dev_root)
@@ -208,6 +210,16 @@ class App:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
             self._dirty.set()
+
+    def _wake_at_cooldown_end(self) -> None:
+        """A SoC in RAS cool-down recovers when it ends, not at the next periodic resync."""
+        if self._cooldown_timer is not None:
+            self._cooldown_timer.cancel()
+            self._cooldown_timer = None
+        expiry = self.inventory.ras.next_expiry()
+        if expiry is not None:
+            delay = max(0.0, expiry - self.clock()) + 0.001
+            self._cooldown_timer = asyncio.get_running_loop().call_later(delay, self._dirty.set)
 
     async def _qaic_util_poller(self) -> None:
         while True:
@@ -318,6 +330,8 @@ class App:
                 )
             return 1 if failed else 0
         finally:
+            if self._cooldown_timer is not None:
+                self._cooldown_timer.cancel()
             if http is not None:
                 http.close()
                 await http.wait_closed()
