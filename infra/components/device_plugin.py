@@ -57,6 +57,9 @@ def plugin_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
         "QAIC_HEALTH_POLL_SECONDS": str(s.health_poll_seconds),
         "QAIC_PRESTART_CHECK": _bool(s.prestart_check),
         "QAIC_CDI_ENABLED": _bool(s.cdi_enabled),
+        # udevd's netlink events reach only the host network namespace: without hostNetwork a
+        # monitor would open and silently hear nothing, so say plainly that there is none.
+        "QAIC_UDEV_ENABLED": _bool(s.host_network),
         "QAIC_SYSFS_ROOT": "/host/sys",
         "QAIC_DEV_ROOT": "/host/dev",
         "QAIC_DEVICE_PLUGIN_DIR": PLUGIN_DIR,

@@ -180,7 +180,7 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
         "QAIC_SKU_BASED_RESOURCE_ENABLED": "false", "ALLOWED_QAIC_DEVICE_SHARES": "1",
         "QAIC_LOG_LEVEL": "info", "QAIC_LOG_FORMAT": "text", "QAIC_METRICS_PORT": "9410",
         "QAIC_MULTI_SOC_POLICY": "prefer", "QAIC_HEALTH_POLL_SECONDS": "30",
-        "QAIC_PRESTART_CHECK": "true", "QAIC_CDI_ENABLED": "false",
+        "QAIC_PRESTART_CHECK": "true", "QAIC_CDI_ENABLED": "false", "QAIC_UDEV_ENABLED": "true",
         "QAIC_SYSFS_ROOT": "/host/sys", "QAIC_DEV_ROOT": "/host/dev",
         "QAIC_DEVICE_PLUGIN_DIR": "/var/lib/kubelet/device-plugins",
     }
@@ -225,6 +225,7 @@ def test_metrics_port_zero_means_no_port_and_no_probe() -> None:
     assert "livenessProbe" not in c and "ports" not in c
     assert env_of(pod)["QAIC_METRICS_PORT"] == "0"
     assert pod["hostNetwork"] is False and pod["dnsPolicy"] == "ClusterFirst"
+    assert env_of(pod)["QAIC_UDEV_ENABLED"] == "false"  # no netlink events outside the host netns
 
 
 def test_kube_system_is_used_not_created() -> None:
