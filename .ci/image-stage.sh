@@ -123,10 +123,13 @@ import_base() {  # arch tarball -> prints the image name
 
 exec 9>"$cache/lock"
 flock 9  # one stage at a time per machine: the cache and the buildah tags are shared
+# Both rootfs at once (the emulated one is the slow one); then import them.
+make_rootfs arm64 >"$cache/base/.arm64.path" & rootfs_pid=$!
+amd64_tar=$(make_rootfs amd64)
+wait "$rootfs_pid" || die "base rootfs arm64 failed"
 declare -A base
-for arch in amd64 arm64; do
-  base[$arch]=$(import_base "$arch" "$(make_rootfs "$arch")")
-done
+base[amd64]=$(import_base amd64 "$amd64_tar")
+base[arm64]=$(import_base arm64 "$(cat "$cache/base/.arm64.path")")
 
 # ---------------------------------------------------------------- 3. build, one manifest list
 version=$(sed -n 's/^__version__ *= *"\(.*\)"/\1/p' plugin_image/qaic_device_plugin/__init__.py)
@@ -233,5 +236,5 @@ for arch in amd64 arm64; do
   secs=$(awk -v p="linux/$arch" '$1 == p {print $2}' "$work/times")
   printf '  %-6s image %-9s (local base %s)  build %ss\n' "$arch" "$size" "$bsize" "$secs"
 done
-say "measure again with: buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep $name"
+say "measure again with: for a in amd64 arm64; do buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $tag-\$a; done"
 say "passed in $(( $(date +%s) - stage_t0 ))s"
