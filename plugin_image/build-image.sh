@@ -64,7 +64,9 @@ args+=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-a
 for a in "${extra_args[@]}"; do args+=(--build-arg "$a"); done
 
 if [ -z "$builder" ]; then
-  if command -v docker >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then builder=buildx
+  # buildx counts only when it has a builder it can reach (a docker CLI without a daemon does not)
+  if command -v docker >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1 \
+     && docker buildx inspect >/dev/null 2>&1; then builder=buildx
   elif command -v buildah >/dev/null 2>&1; then builder=buildah
   else echo "build-image.sh: neither 'docker buildx' nor 'buildah' is available" >&2; exit 1; fi
 fi
