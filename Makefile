@@ -32,8 +32,8 @@ bench: $(STAMP)  ## benchmark table (figures vs floors measured in the same run)
 bench-quick: $(STAMP)  ## ~10x smaller counts: a smoke run for CI
 	$(BIN)/python -m bench --quick
 
-image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah)
-	plugin_image/build-image.sh
+image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah); IMAGE_ARGS="--tag REG/qaic-device-plugin:X --push"
+	plugin_image/build-image.sh $(IMAGE_ARGS)
 
 proto: $(STAMP)  ## regenerate the committed v1beta1 stubs
 	$(BIN)/python -m grpc_tools.protoc -I plugin_image --python_out=plugin_image \

@@ -237,4 +237,6 @@ for arch in amd64 arm64; do
   printf '  %-6s image %-9s (local base %s)  build %ss\n' "$arch" "$size" "$bsize" "$secs"
 done
 say "measure again with: for a in amd64 arm64; do buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $tag-\$a; done"
+# earlier runs' images lose their tags to this run's: drop them so storage does not grow per run
+buildah rmi --prune >/dev/null 2>&1 || true
 say "passed in $(( $(date +%s) - stage_t0 ))s"
