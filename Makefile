@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml package.json
 reliability: $(STAMP)  ## the reliability suite at the issue's full counts
 	QAIC_RELIABILITY_FULL=1 $(BIN)/pytest -q -s -m reliability
 
-bench: $(STAMP)  ## benchmark table (figures vs floors measured in the same run) + JSON
-	$(BIN)/python -m bench
+bench: $(STAMP)  ## every issue-6 figure next to its floor (~3-4 min); BENCH_ARGS=--record rewrites bench/results.json
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: $(STAMP)  ## ~10x smaller counts: a smoke run for CI
 	$(BIN)/python -m bench --quick
