@@ -18,6 +18,7 @@ from typing import Any
 
 from asyncinotify import Inotify, Mask
 from grpc import aio
+
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2_grpc as pb_grpc
 from qaic_device_plugin.kubelet.convert import devices_to_pb

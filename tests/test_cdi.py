@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from qaic_device_plugin.qaic.cdi import (
     CDI_KIND,
     CDI_VERSION,

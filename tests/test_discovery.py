@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.model import Discovery, Sku
 from qaic_device_plugin.sim.node import DEMO_CARDS, CardSpec, FakeNode

@@ -16,6 +16,7 @@ from asyncinotify import Inotify, Mask
 from grpc import aio
 from hypothesis import given
 from hypothesis import strategies as st
+
 from qaic_device_plugin.qaic.health import (
     DbcState,
     Finding,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from asyncinotify import Inotify, Mask
+
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import CardSpec, FakeNode

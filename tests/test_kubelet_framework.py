@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+
 from qaic_device_plugin.kubelet.feed import Feed
 from qaic_device_plugin.kubelet.manager import PluginManager, socket_name
 from qaic_device_plugin.kubelet.types import (

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from qaic_device_plugin.qaic import nfd
 from qaic_device_plugin.qaic.inventory import Inventory, NodeState
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Sku

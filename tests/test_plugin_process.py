@@ -12,6 +12,7 @@ import grpc
 import pytest
 from asyncinotify import Inotify, Mask
 from grpc import aio
+
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from grpc_tools import protoc
+
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1] / "plugin_image"

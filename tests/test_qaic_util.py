@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Sku
 from qaic_device_plugin.qaic.qaic_util import (
     DEFAULT_PATH,

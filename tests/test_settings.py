@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from qaic_device_plugin.backend import MultiSocPolicy
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.settings import Settings, SettingsError, build_parser, load

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.node import DEMO_CARDS, CardSpec, FakeNode, main

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Sku, SkuDecision, SkuSource, Soc
 from qaic_device_plugin.qaic.qaic_util import query_qaic_util

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qaic_device_plugin.qaic.topology import (
     Placement,
     cards_spanned,

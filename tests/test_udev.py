@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pyudev
+
 from qaic_device_plugin.app import App
 from qaic_device_plugin.qaic.udev import (
     UdevEvent,
