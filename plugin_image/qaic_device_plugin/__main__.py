@@ -27,6 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"qaic-device-plugin: {line}", file=sys.stderr)
         return 2
+    try:  # the one directory we create: a path we cannot use is bad input, not a crash
+        settings.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(
+            f"qaic-device-plugin: invalid setting QAIC_DEVICE_PLUGIN_DIR="
+            f"{str(settings.device_plugin_dir)!r}: {e.strerror}; "
+            "accepted: a directory (or a path where one can be created)",
+            file=sys.stderr,
+        )
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     return asyncio.run(_serve(settings))
 

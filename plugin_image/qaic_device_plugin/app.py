@@ -307,13 +307,25 @@ class App:
         http: asyncio.Server | None = None
         try:
             if s.metrics_port:
-                http = await serve_http(
-                    s.metrics_address,
-                    s.metrics_port,
-                    self.metrics.registry,
-                    lambda: self.liveness() is None,
-                    reason=lambda: self.liveness() or "",
-                )
+                try:
+                    http = await serve_http(
+                        s.metrics_address,
+                        s.metrics_port,
+                        self.metrics.registry,
+                        lambda: self.liveness() is None,
+                        reason=lambda: self.liveness() or "",
+                    )
+                except OSError as e:  # port taken: say so and let the DaemonSet retry
+                    log.error(
+                        "cannot serve /metrics and /healthz",
+                        extra={
+                            "event": "metrics_bind_failed",
+                            "port": s.metrics_port,
+                            "address": s.metrics_address or "*",
+                            "error": e.strerror,
+                        },
+                    )
+                    return 1
             await self.poll_qaic_util()
             await self.refresh()
             self._tasks = tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]

@@ -8,7 +8,9 @@ naming the setting, its value and what is accepted (SettingsError), never a trac
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,7 @@ from .qaic.model import Sku
 from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _BOOL = "1/0/true/false/yes/no"
 
 
@@ -92,7 +95,8 @@ class Settings(BaseSettings):
         "QAIC_SKU_OVERRIDES",
         {},
         'SKU per PCI address where qaic-util is absent, as JSON, e.g. {"0000:05:00.0": "pro"}',
-        "a JSON object of PCI address to one of " + ", ".join(s.value for s in Sku),
+        "a JSON object of PCI address (0000:05:00.0) to one of "
+        + ", ".join(s.value for s in Sku),
     )
     resync_seconds: float = _setting(
         "QAIC_RESYNC_SECONDS",
@@ -190,6 +194,22 @@ class Settings(BaseSettings):
     def _lower_keys(cls, v: object) -> object:
         if isinstance(v, Mapping):
             return {str(k).lower(): (s.lower() if isinstance(s, str) else s) for k, s in v.items()}
+        return v
+
+    @field_validator("sku_overrides")
+    @classmethod
+    def _pci_keys(cls, v: dict[str, Sku]) -> dict[str, Sku]:
+        bad = [k for k in v if not _PCI_ADDRESS.match(k)]
+        if bad:  # a typo would otherwise silently override nothing
+            raise ValueError(f"{bad[0]!r} is not a PCI address (domain:bus:device.function)")
+        return v
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_or_empty(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            ipaddress.ip_address(v)  # ValueError names the value
         return v
 
 
