@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncinotify import Inotify, Mask
+
 from qaic_device_plugin.sim.process import PluginProcess
 
 FULL = os.environ.get("QAIC_RELIABILITY_FULL", "") == "1"

@@ -18,12 +18,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+from reliability_harness import Report, scale
+
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2_grpc as pb_grpc
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode, FakeSoc
 from qaic_device_plugin.sim.process import PluginProcess
-from reliability_harness import Report, scale
 
 pytestmark = pytest.mark.reliability
 

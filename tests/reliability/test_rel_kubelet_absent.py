@@ -9,9 +9,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from qaic_device_plugin.sim.kubelet import KubeletSim
-from qaic_device_plugin.sim.node import FakeNode
-from qaic_device_plugin.sim.process import PluginProcess
 from reliability_harness import (
     Report,
     cpu_seconds,
@@ -20,6 +17,10 @@ from reliability_harness import (
     settle,
     start_and_await_socket,
 )
+
+from qaic_device_plugin.sim.kubelet import KubeletSim
+from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.process import PluginProcess
 
 pytestmark = pytest.mark.reliability
 

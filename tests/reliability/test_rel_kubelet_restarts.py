@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from grpc import aio
+from reliability_harness import Report, resources, scale, settle
+
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
-from reliability_harness import Report, resources, scale, settle
 
 pytestmark = pytest.mark.reliability
 

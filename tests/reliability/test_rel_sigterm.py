@@ -14,11 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+from reliability_harness import Report, scale, start_and_await_socket
+
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
-from reliability_harness import Report, scale, start_and_await_socket
 
 pytestmark = pytest.mark.reliability
 
