@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from reliability_harness import RESULTS_ENV, Report
+from reliability_harness import RESULTS_PATH, Report
 
 _OUTCOME = pytest.StashKey[str]()
 
@@ -31,7 +30,6 @@ def report(request: pytest.FixtureRequest) -> Iterator[Report]:
         f"lost {line['lost']}, {line['seconds']} s; "
         + ", ".join(f"{k}={v}" for k, v in r.details.items())
     )
-    path = os.environ.get(RESULTS_ENV)
-    if path:
-        with open(path, "a") as f:
+    if RESULTS_PATH:
+        with open(RESULTS_PATH, "a") as f:
             f.write(json.dumps(line, default=str) + "\n")

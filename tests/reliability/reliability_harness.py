@@ -21,8 +21,10 @@ from asyncinotify import Inotify, Mask
 
 from qaic_device_plugin.sim.process import PluginProcess
 
+# Read at import: tests/conftest.py clears QAIC_* from the environment for every test.
 FULL = os.environ.get("QAIC_RELIABILITY_FULL", "") == "1"
 RESULTS_ENV = "QAIC_RELIABILITY_RESULTS"
+RESULTS_PATH = os.environ.get(RESULTS_ENV) or None
 
 
 def scale(short: int, full: int) -> int:
