@@ -387,7 +387,19 @@ def block_strategy(real: list[str]) -> st.SearchStrategy[str]:
         lambda kv: "".join(f"\t{k}:{v}\n" for k, v in kv)
     )
     qid = st.integers(0, 20).map(lambda q: f"QID {q}\n") | st.text(max_size=10)
-    return st.builds(lambda q, body: q + body, qid, lines)
+    noise = st.builds(lambda q, body: q + body, qid, lines)
+    # Blocks that parse but may lie: made-up PCI addresses, wrong SKUs, odd statuses.
+    lying = st.builds(
+        lambda q, status, pci, sku, extra: (
+            f"QID {q}\n\tStatus:{status}\n\tPCI Address:{pci}\n\tSku Type:{sku}\n{extra}"
+        ),
+        st.integers(0, 20),
+        st.sampled_from(["Ready", "Error", "Initializing", "Unknown"]),
+        pci_strategy(real),
+        st.sampled_from(["Cloud AI 100 Ultra", "Cloud AI 100 Pro", "Cloud AI 100 Standard", "?"]),
+        lines,
+    )
+    return lying | noise
 
 
 def qaic_util_output(real: list[str]) -> st.SearchStrategy[tuple[bytes, int]]:
