@@ -119,18 +119,23 @@ def thread_caller(
                 available = rng.sample(ids, rng.randint(4, len(ids)))
                 must = rng.sample(available, rng.randint(0, 1))
                 size = rng.randint(max(1, len(must)), 4)
-                resp2 = stub.GetPreferredAllocation(
-                    pb.PreferredAllocationRequest(
-                        container_requests=[
-                            pb.ContainerPreferredAllocationRequest(
-                                available_deviceIDs=available,
-                                must_include_deviceIDs=must,
-                                allocation_size=size,
-                            )
-                        ]
-                    ),
-                    timeout=10,
-                )
+                try:
+                    resp2 = stub.GetPreferredAllocation(
+                        pb.PreferredAllocationRequest(
+                            container_requests=[
+                                pb.ContainerPreferredAllocationRequest(
+                                    available_deviceIDs=available,
+                                    must_include_deviceIDs=must,
+                                    allocation_size=size,
+                                )
+                            ]
+                        ),
+                        timeout=10,
+                    )
+                except grpc.RpcError as e:
+                    code = e.code()  # type: ignore[attr-defined]
+                    tally.add(f"failed:{code.name}", f"preferred: {code.name}")
+                    continue
                 got = list(resp2.container_responses[0].deviceIDs)
                 bad = check_preferred(got, available, must, size)
                 tally.add("preferred" if bad is None else "wrong_preferred", bad)

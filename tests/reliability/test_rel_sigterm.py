@@ -107,8 +107,10 @@ async def test_sigterm_during_allocate_burst(
         plugin = await start_plugin()
         await kubelet.wait_devices(QAIC, healthy=len(ids))
         calls = [asyncio.create_task(one(n)) for n in range(burst)]
-        while sum(c.done() for c in calls) < burst // 8:  # the burst is well under way
-            await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED, timeout=10)
+        async with asyncio.timeout(30):
+            while sum(c.done() for c in calls) < burst // 8:  # the burst is well under way
+                pending = [c for c in calls if not c.done()]
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         in_flight = sum(not c.done() for c in calls)
         assert in_flight > 0, "the burst finished before the signal"
         times.append(await sigterm(plugin))
