@@ -111,7 +111,7 @@ def thread_caller(
                         timeout=10,
                     )
                 except grpc.RpcError as e:
-                    tally.add(*classify_refusal(e, req))  # type: ignore[arg-type]
+                    tally.add(*classify_refusal(e, req))
                     continue
                 bad = check_allocation(resp, req, socs)
                 tally.add("allocated" if bad is None else "wrong_allocation", bad)
@@ -133,7 +133,7 @@ def thread_caller(
                         timeout=10,
                     )
                 except grpc.RpcError as e:
-                    code = e.code()  # type: ignore[attr-defined]
+                    code = e.code()
                     tally.add(f"failed:{code.name}", f"preferred: {code.name}")
                     continue
                 got = list(resp2.container_responses[0].deviceIDs)
@@ -172,6 +172,15 @@ async def task_preferrer(kubelet: KubeletSim, seed: int, tally: Tally) -> None:
             continue
         bad = check_preferred(got, healthy, must, size)
         tally.add("preferred" if bad is None else "wrong_preferred", bad)
+
+
+def view_equals(want: dict[str, str]) -> Callable[[KubeletSim], bool]:
+    return lambda k: k.view(QAIC).health == want
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(30)
 
 
 async def test_health_flips_under_concurrent_calls(
@@ -224,7 +233,7 @@ async def test_health_flips_under_concurrent_calls(
             want = truth()
             checkpoints += 1
             try:
-                await kubelet.wait_for(lambda k, w=want: k.view(QAIC).health == w, timeout=10)
+                await kubelet.wait_for(view_equals(want), timeout=10)
             except TimeoutError:
                 lost += 1
     finally:
@@ -232,7 +241,7 @@ async def test_health_flips_under_concurrent_calls(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(lambda: [t.join(30) for t in threads])
+        await asyncio.to_thread(join_all, threads)
 
     final = kubelet.view(QAIC).health
     report.count = done

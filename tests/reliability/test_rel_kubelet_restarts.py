@@ -36,6 +36,10 @@ CUT_OFF = {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
 WARMUP = 3  # restarts before the baseline: gRPC starts some threads lazily, once
 
 
+def registered_at_least(n: int) -> Callable[[KubeletSim], bool]:
+    return lambda k: len(k.registrations) >= n
+
+
 async def _allocate_once(kubelet: KubeletSim, ids: list[str]) -> str:
     """One Allocate against whatever kubelet currently knows; the outcome's name."""
     try:
@@ -97,12 +101,12 @@ async def test_kubelet_restarts_reregister_and_leak_nothing(
             outcomes[await c] += 1
         registered += len(COUNTS)
         try:
-            await kubelet.wait_for(lambda k, n=registered: len(k.registrations) >= n, timeout=5)
+            await kubelet.wait_for(registered_at_least(registered), timeout=5)
             for r, n in COUNTS.items():
                 await kubelet.wait_devices(r, healthy=n, timeout=5)
         except TimeoutError:
             missed.append(i)
-            await kubelet.wait_for(lambda k, n=registered: len(k.registrations) >= n, timeout=30)
+            await kubelet.wait_for(registered_at_least(registered), timeout=30)
         assert sockets() == SOCKETS, f"restart {i}: {sockets()}"
         if i + 1 == WARMUP:
             baseline = await settle(lambda: resources(plugin.pid), resources(plugin.pid), 1.0)
