@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.kubelet import KubeletSim
-from qaic_device_plugin.sim.node import CardSpec, FakeNode
+from qaic_device_plugin.sim.node import DEMO_CARDS, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess, node_env
-
-DEMO_CARDS = (
-    CardSpec(Sku.ULTRA, numa_node=0),
-    CardSpec(Sku.ULTRA, numa_node=1),
-    CardSpec(Sku.STANDARD, numa_node=0),
-    CardSpec(Sku.PRO, numa_node=1),
-)
 
 StartPlugin = Callable[..., Awaitable[PluginProcess]]
 
@@ -30,10 +24,12 @@ def node(tmp_path: Path) -> FakeNode:
 
 
 @pytest.fixture
-def plugin_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "device-plugins"
-    d.mkdir()
-    return d
+def plugin_dir() -> Iterator[Path]:
+    """A short path: Unix socket paths are limited to 107 characters, and pytest's tmp_path
+    (/tmp/pytest-of-<user>/pytest-<run>/<test name>/) grows past that as runs accumulate."""
+    d = Path(tempfile.mkdtemp(prefix="qaic-dp-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -115,6 +115,11 @@ BAD = [
     ),
     (
         {},
+        ["--device-plugin-dir", "/var/lib/" + "k" * 70],
+        "invalid setting QAIC_DEVICE_PLUGIN_DIR='/var/lib/kkk",
+    ),
+    (
+        {},
         ["--allowed-shares", "0"],
         "invalid setting ALLOWED_QAIC_DEVICE_SHARES='0' (flag --allowed-shares): accepted:",
     ),

@@ -28,10 +28,13 @@ from pydantic_settings import (
 
 from . import __version__
 from .backend import MultiSocPolicy
+from .kubelet.manager import socket_name
 from .qaic.model import Sku
+from .qaic.resources import resource_name
 from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _BOOL = "1/0/true/false/yes/no"
 
@@ -62,7 +65,7 @@ class Settings(BaseSettings):
         "QAIC_DEVICE_PLUGIN_DIR",
         Path("/var/lib/kubelet/device-plugins"),
         "kubelet's device-plugin directory (kubelet.sock and our sockets)",
-        "a directory path",
+        "a directory path of at most 73 characters (Unix socket paths are limited)",
     )
     sku_based_resource_enabled: bool = _setting(
         "QAIC_SKU_BASED_RESOURCE_ENABLED",
@@ -95,8 +98,7 @@ class Settings(BaseSettings):
         "QAIC_SKU_OVERRIDES",
         {},
         'SKU per PCI address where qaic-util is absent, as JSON, e.g. {"0000:05:00.0": "pro"}',
-        "a JSON object of PCI address (0000:05:00.0) to one of "
-        + ", ".join(s.value for s in Sku),
+        "a JSON object of PCI address (0000:05:00.0) to one of " + ", ".join(s.value for s in Sku),
     )
     resync_seconds: float = _setting(
         "QAIC_RESYNC_SECONDS",
@@ -202,6 +204,15 @@ class Settings(BaseSettings):
         bad = [k for k in v if not _PCI_ADDRESS.match(k)]
         if bad:  # a typo would otherwise silently override nothing
             raise ValueError(f"{bad[0]!r} is not a PCI address (domain:bus:device.function)")
+        return v
+
+    @field_validator("device_plugin_dir")
+    @classmethod
+    def _room_for_sockets(cls, v: Path) -> Path:
+        longest = max(len(socket_name(resource_name(sku))) for sku in Sku)
+        limit = UNIX_PATH_MAX - 1 - longest
+        if len(str(v)) > limit:  # gRPC cannot bind a longer Unix socket path
+            raise ValueError(f"longer than {limit} characters")
         return v
 
     @field_validator("metrics_address")

@@ -15,17 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..qaic.model import Sku
 from .kubelet import KubeletSim
-from .node import CardSpec, FakeNode
+from .node import DEMO_CARDS, FakeNode
 from .process import PluginProcess, node_env
-
-CARDS = (
-    CardSpec(Sku.ULTRA, numa_node=0),
-    CardSpec(Sku.ULTRA, numa_node=1),
-    CardSpec(Sku.STANDARD, numa_node=0),
-    CardSpec(Sku.PRO, numa_node=1),
-)
 
 
 def _say(text: str = "") -> None:
@@ -37,7 +29,7 @@ def _ms(seconds: float) -> str:
 
 
 async def run(workdir: Path, sku_mode: bool) -> int:
-    node = FakeNode(workdir / "node", CARDS)
+    node = FakeNode(workdir / "node", DEMO_CARDS)
     node.write()
     plugin_dir = workdir / "device-plugins"
     plugin_dir.mkdir()
