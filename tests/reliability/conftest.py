@@ -1,13 +1,9 @@
-"""Fixtures of the reliability suite: `report` writes each test's result line, pass or fail;
-`plugin_dir` is overridden with a short path (see below)."""
+"""Fixtures of the reliability suite: `report` writes each test's result line, pass or fail."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,14 +33,3 @@ def report(request: pytest.FixtureRequest) -> Iterator[Report]:
     if RESULTS_PATH:
         with open(RESULTS_PATH, "a") as f:
             f.write(json.dumps(line, default=str) + "\n")
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    """A short plugin dir. gRPC refuses Unix socket paths over 105 characters, and tmp_path
-    (/tmp/pytest-of-root/pytest-NNN/<30 chars of test name>N/...) crosses that with
-    `qualcomm.com_qaic-ultra.sock` once pytest's run counter reaches three digits."""
-    d = Path(tempfile.mkdtemp(prefix="qrel-"))
-    (d / "device-plugins").mkdir()
-    yield d / "device-plugins"
-    shutil.rmtree(d, ignore_errors=True)

@@ -1,6 +1,7 @@
 """A plugin dir so long that the plugin's socket path exceeds what a Unix socket (and gRPC, which
 stops at 105 characters) accepts, while kubelet.sock there still fits: a setting the plugin
-cannot use, so it must be refused like any other (exit 2, one line, nothing registered)."""
+cannot use, so it must be refused like any other (exit 2, one line, nothing registered).
+Found by this suite (a gRPC bind traceback and exit 1); refused since eea5eee."""
 
 from __future__ import annotations
 
@@ -35,13 +36,6 @@ def long_plugin_dir() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py run() -> refresh() -> kubelet/manager.py set_backends() -> server.py "
-    "PluginServer.start(): add_insecure_port raises RuntimeError('Failed to bind') out of "
-    "asyncio.run: a traceback and exit 1 instead of a one-line refusal of "
-    "QAIC_DEVICE_PLUGIN_DIR and exit 2",
-)
 async def test_plugin_dir_too_long_for_a_socket_is_refused(
     tmp_path: Path, long_plugin_dir: Path
 ) -> None:
