@@ -40,16 +40,22 @@ async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletSim]:
 
 @pytest.fixture
 async def start_plugin(
-    node: FakeNode, plugin_dir: Path, tmp_path: Path
+    request: pytest.FixtureRequest, plugin_dir: Path, tmp_path: Path
 ) -> AsyncIterator[StartPlugin]:
-    """Start the real console script; every process is stopped at teardown."""
+    """Start the real console script (on the `node` fixture unless given another node);
+    every process is stopped at teardown."""
     started: list[PluginProcess] = []
 
     async def start(
-        *, qaic_util: bool = True, args: list[str] | None = None, **env: str
+        node: FakeNode | None = None,
+        *,
+        qaic_util: bool = True,
+        args: list[str] | None = None,
+        **env: str,
     ) -> PluginProcess:
+        on = node if node is not None else request.getfixturevalue("node")
         p = PluginProcess(
-            {**node_env(node, plugin_dir, qaic_util=qaic_util), **env},
+            {**node_env(on, plugin_dir, qaic_util=qaic_util), **env},
             tmp_path / f"plugin-{len(started)}.log",
             args=args,
         )

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from asyncinotify import Inotify, Mask
 
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import CardSpec, FakeNode
-from qaic_device_plugin.sim.process import PluginProcess, node_env
+from qaic_device_plugin.sim.process import PluginProcess
 
 QAIC = "qualcomm.com/qaic"
 ULTRA, STD, PRO = "qualcomm.com/qaic-ultra", "qualcomm.com/qaic-std", "qualcomm.com/qaic-pro"
 SLOW_RESYNC = {"QAIC_RESYNC_SECONDS": "3600", "QAIC_HEALTH_POLL_SECONDS": "3600"}
 
-RunPlugin = Callable[..., Awaitable[PluginProcess]]
+StartPlugin = Callable[..., Awaitable[PluginProcess]]
 LOOPS_UP = ("udev_unavailable", "udev_started", "udev_off")  # logged after the first scan
 
 
@@ -36,25 +35,6 @@ async def wait_logged(plugin: PluginProcess, events: tuple[str, ...], timeout: f
                 await inotify.get()
 
 
-@pytest.fixture
-async def run_plugin(plugin_dir: Path, tmp_path: Path) -> AsyncIterator[RunPlugin]:
-    started: list[PluginProcess] = []
-
-    async def start(node: FakeNode, *, qaic_util: bool = True, **env: str) -> PluginProcess:
-        p = PluginProcess(
-            {**node_env(node, plugin_dir, qaic_util=qaic_util), **env},
-            tmp_path / f"plugin-{len(started)}.log",
-        )
-        await p.start()
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.returncode is None:
-            await p.stop()
-
-
 def fresh(tmp_path: Path, cards: list[CardSpec], name: str = "node") -> FakeNode:
     node = FakeNode(tmp_path / name, cards, foreign_accel=False)
     node.write()
@@ -62,14 +42,14 @@ def fresh(tmp_path: Path, cards: list[CardSpec], name: str = "node") -> FakeNode
 
 
 async def test_driver_loaded_after_the_plugin(
-    tmp_path: Path, kubelet: KubeletSim, run_plugin: RunPlugin
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     """FACTS 5.6: a plugin started before the driver must not advertise 0 devices forever."""
     node = fresh(tmp_path, [CardSpec(Sku.ULTRA), CardSpec(Sku.STANDARD, numa_node=1)])
     node.unload_driver()
     assert not (node.sysfs_root / "class/accel").exists()
     assert not (node.dev_root / "accel").exists()
-    plugin = await run_plugin(node, **SLOW_RESYNC)
+    plugin = await start_plugin(node, **SLOW_RESYNC)
     await wait_logged(plugin, LOOPS_UP)
     assert kubelet.registrations == []  # nothing to offer yet
     node.load_driver()
@@ -79,12 +59,12 @@ async def test_driver_loaded_after_the_plugin(
 
 
 async def test_node_with_no_accelerators_then_a_card(
-    tmp_path: Path, kubelet: KubeletSim, run_plugin: RunPlugin
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     node = fresh(tmp_path, [])
     (node.dev_root / "accel").rmdir()
     (node.sysfs_root / "class/accel").rmdir()
-    plugin = await run_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="true", **SLOW_RESYNC)
+    plugin = await start_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="true", **SLOW_RESYNC)
     await wait_logged(plugin, LOOPS_UP)
     assert kubelet.registrations == []
     new = node.add_card(CardSpec(Sku.ULTRA))
@@ -95,10 +75,10 @@ async def test_node_with_no_accelerators_then_a_card(
 
 
 async def test_new_sku_registers_its_resource_and_is_never_offered_as_a_guess(
-    tmp_path: Path, kubelet: KubeletSim, run_plugin: RunPlugin
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     node = fresh(tmp_path, [CardSpec(Sku.ULTRA), CardSpec(Sku.STANDARD, numa_node=1)])
-    await run_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="1", **SLOW_RESYNC)
+    await start_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="1", **SLOW_RESYNC)
     await kubelet.wait_devices(ULTRA, healthy=4)
     await kubelet.wait_devices(STD, healthy=1)
     std_seen: set[str] = set()
@@ -116,10 +96,10 @@ async def test_new_sku_registers_its_resource_and_is_never_offered_as_a_guess(
 
 
 async def test_removed_socs_are_dropped_and_an_empty_resource_goes(
-    tmp_path: Path, kubelet: KubeletSim, run_plugin: RunPlugin
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     node = fresh(tmp_path, [CardSpec(Sku.ULTRA), CardSpec(Sku.PRO, numa_node=1)])
-    plugin = await run_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="1", **SLOW_RESYNC)
+    plugin = await start_plugin(node, QAIC_SKU_BASED_RESOURCE_ENABLED="1", **SLOW_RESYNC)
     await kubelet.wait_devices(ULTRA, healthy=4)
     await kubelet.wait_devices(PRO, healthy=1)
     ultra = [s for s in node.socs if s.sku is Sku.ULTRA]
@@ -140,13 +120,13 @@ async def test_removed_socs_are_dropped_and_an_empty_resource_goes(
 
 
 async def test_reset_that_rebinds_comes_back_with_its_new_node(
-    tmp_path: Path, kubelet: KubeletSim, run_plugin: RunPlugin
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     """A card reset on older kernels: unbind (accel entry and node gone, PCI function stays)
     then a fresh probe with the lowest free accel number. The SoC stays listed Unhealthy in
     between, then is offered again and Allocate hands out the new node."""
     node = fresh(tmp_path, [CardSpec(Sku.ULTRA)])
-    await run_plugin(node, **SLOW_RESYNC)
+    await start_plugin(node, **SLOW_RESYNC)
     await kubelet.wait_devices(QAIC, healthy=4)
     soc = node.socs[1]
     other = node.socs[2]
