@@ -14,7 +14,7 @@ from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import CardSpec, FakeNode
-from qaic_device_plugin.sim.process import PluginProcess, node_env
+from qaic_device_plugin.sim.process import PluginProcess
 
 StartPlugin = Callable[..., Awaitable[PluginProcess]]
 QAIC = "qualcomm.com/qaic"
@@ -106,28 +106,22 @@ async def test_shares_advertise_replicas_and_map_back(
 
 
 async def test_list_and_watch_for_64_socs_x_16_shares_is_far_below_4_mib(
-    tmp_path: Path, plugin_dir: Path
+    tmp_path: Path, kubelet: KubeletSim, start_plugin: StartPlugin
 ) -> None:
     node = FakeNode(tmp_path / "big", [CardSpec(Sku.ULTRA, numa_node=i % 4) for i in range(16)])
     node.write()
     assert len(node.socs) == 64
-    async with (
-        KubeletSim(plugin_dir) as kubelet,
-        PluginProcess(
-            {**node_env(node, plugin_dir), "ALLOWED_QAIC_DEVICE_SHARES": "16"},
-            tmp_path / "plugin.log",
-        ),
-    ):
-        view = await kubelet.wait_devices(QAIC, healthy=1024, timeout=30)
-        msg = pb.ListAndWatchResponse(
-            devices=[
-                pb.Device(
-                    ID=d,
-                    health=h,
-                    topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=n) for n in view.numa[d]]),
-                )
-                for d, h in view.health.items()
-            ]
-        )
-        size = msg.ByteSize()
-        assert size < GRPC_MAX_MESSAGE / 50, size  # ~80 KiB: room for 50x more
+    await start_plugin(node, ALLOWED_QAIC_DEVICE_SHARES="16")
+    view = await kubelet.wait_devices(QAIC, healthy=1024, timeout=30)
+    msg = pb.ListAndWatchResponse(
+        devices=[
+            pb.Device(
+                ID=d,
+                health=h,
+                topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=n) for n in view.numa[d]]),
+            )
+            for d, h in view.health.items()
+        ]
+    )
+    size = msg.ByteSize()
+    assert size < GRPC_MAX_MESSAGE / 50, size  # ~80 KiB: room for 50x more
