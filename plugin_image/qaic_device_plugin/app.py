@@ -119,8 +119,9 @@ class App:
 
     async def refresh(self) -> NodeState:
         state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
+        before = self.state.by_pci() if self.state else {}
         for s in state.socs:
-            old = self.state.by_pci().get(s.soc.pci_address) if self.state else None
+            old = before.get(s.soc.pci_address)
             if old is None or old.healthy != s.healthy:
                 log.info(
                     "SoC healthy" if s.healthy else "SoC unhealthy",
