@@ -163,6 +163,16 @@ class StackSettings(BaseModel):
         le=3600,
         description="an integer from 1 to 3600",
     )
+    ue_cooldown_seconds: int = Field(
+        default=300,
+        alias="ueCooldownSeconds",
+        ge=1,
+        le=86400,
+        description="an integer from 1 to 86400",
+    )
+    udev_source: Literal["udev", "kernel"] = Field(
+        default="udev", alias="udevSource", description="udev or kernel"
+    )
     prestart_check: bool = Field(default=True, alias="prestartCheck", description="true or false")
     nfd_features_dir: str = Field(
         default="",

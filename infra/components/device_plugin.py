@@ -60,6 +60,8 @@ def plugin_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
         # udevd's netlink events reach only the host network namespace: without hostNetwork a
         # monitor would open and silently hear nothing, so say plainly that there is none.
         "QAIC_UDEV_ENABLED": _bool(s.host_network),
+        "QAIC_UDEV_SOURCE": s.udev_source,
+        "QAIC_UE_COOLDOWN_SECONDS": str(s.ue_cooldown_seconds),
         "QAIC_SYSFS_ROOT": "/host/sys",
         "QAIC_DEV_ROOT": "/host/dev",
         "QAIC_DEVICE_PLUGIN_DIR": PLUGIN_DIR,

@@ -181,6 +181,7 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
         "QAIC_LOG_LEVEL": "info", "QAIC_LOG_FORMAT": "text", "QAIC_METRICS_PORT": "9410",
         "QAIC_MULTI_SOC_POLICY": "prefer", "QAIC_HEALTH_POLL_SECONDS": "30",
         "QAIC_PRESTART_CHECK": "true", "QAIC_CDI_ENABLED": "false", "QAIC_UDEV_ENABLED": "true",
+        "QAIC_UDEV_SOURCE": "udev", "QAIC_UE_COOLDOWN_SECONDS": "300",
         "QAIC_SYSFS_ROOT": "/host/sys", "QAIC_DEV_ROOT": "/host/dev",
         "QAIC_DEVICE_PLUGIN_DIR": "/var/lib/kubelet/device-plugins",
     }
