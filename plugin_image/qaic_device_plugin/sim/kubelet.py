@@ -76,6 +76,7 @@ class KubeletSim:
         self.dial_timeout = dial_timeout
         self.registrations: list[Registration] = []
         self.rejections: list[str] = []
+        self.refuse_registrations: str | None = None  # a reason: refuse every Register
         self.resources: dict[str, ResourceView] = {}
         self._server: aio.Server | None = None
         self._changed = asyncio.Condition()
@@ -184,6 +185,8 @@ class KubeletSim:
 
     async def _register(self, request: pb.RegisterRequest) -> str | None:
         """Return None on success, else the reason kubelet would give."""
+        if self.refuse_registrations is not None:
+            return self.refuse_registrations
         if request.version != API_VERSION:
             return f"unsupported API version {request.version!r}"
         if not valid_extended_resource_name(request.resource_name):
