@@ -35,7 +35,9 @@ class Pods:
         self, pod_uid: str, container: str, resource: str, ids: Sequence[str]
     ) -> pb.ContainerAllocateResponse:
         """Allocate, checkpoint the reply, then start the container (PreStart if asked)."""
-        resp = (await self.kubelet.allocate(resource, ids)).container_responses[0]
+        resp: pb.ContainerAllocateResponse = (
+            await self.kubelet.allocate(resource, ids)
+        ).container_responses[0]
         self.entries.append(
             CheckpointEntry(pod_uid, container, resource, frozenset(ids), allocation_from_pb(resp))
         )
