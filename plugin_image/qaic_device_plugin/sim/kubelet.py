@@ -3,6 +3,7 @@
 Register validates version and name, dials the plugin back and calls GetDevicePluginOptions
 BEFORE replying, then consumes ListAndWatch. A broken stream marks every device unhealthy.
 A restart deletes every socket in the plugin dir and creates kubelet.sock anew.
+Pods (Allocate per container, kubelet's checkpoint file, PreStartContainer) are in pods.py.
 Used by the tests, the demo, the benchmarks and the image stage (`python -m ...sim.kubelet`).
 """
 
