@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,7 @@ async def start_plugin(
         *,
         qaic_util: bool = True,
         args: list[str] | None = None,
+        launcher: Sequence[str] = (),
         **env: str,
     ) -> PluginProcess:
         on = node if node is not None else request.getfixturevalue("node")
@@ -58,6 +59,7 @@ async def start_plugin(
             {**node_env(on, plugin_dir, qaic_util=qaic_util), **env},
             tmp_path / f"plugin-{len(started)}.log",
             args=args,
+            launcher=launcher,
         )
         await p.start()
         started.append(p)

@@ -17,8 +17,9 @@ from typing import Any
 
 from .backend import QaicResource
 from .fswatch import watch_directory
+from .kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
 from .kubelet.manager import PluginManager
-from .observability.http import serve_http
+from .observability.http import serve_http_forever
 from .observability.metrics import Metrics
 from .qaic.cdi import CdiSpecFile
 from .qaic.discovery import discover
@@ -50,9 +51,15 @@ class App:
             clock=clock,
         )
         self.metrics = Metrics()
-        self.manager = PluginManager(settings.device_plugin_dir, observer=self.metrics, clock=clock)
+        self.manager = PluginManager(
+            settings.device_plugin_dir,
+            observer=self.metrics,
+            resync_seconds=settings.resync_seconds,  # also the net under a missing dir watch
+            clock=clock,
+        )
         self.nfd = NfdFeatureFile(settings.nfd_features_dir) if settings.nfd_features_dir else None
         self.cdi = CdiSpecFile(settings.cdi_dir) if settings.cdi_enabled else None
+        self.issued = IssuedAllocations(settings.device_plugin_dir / CHECKPOINT_FILE)
         self._tasks: list[asyncio.Task[None]] = []
         self._cooldown_timer: asyncio.TimerHandle | None = None
         self.resources: dict[str, QaicResource] = {}
@@ -81,10 +88,11 @@ class App:
             shares=self.settings.allowed_shares,
             multi_soc_policy=self.settings.multi_soc_policy,
             prestart_check=self.settings.prestart_check,
-            recheck=self.fresh_state,
+            recheck=lambda: self.fresh_state(qaic_util=self.settings.prestart_check),
             on_cross_card=self.metrics.on_cross_card,
             on_allocate=self.metrics.on_allocate,
             cdi=self.cdi is not None,
+            issued=self.issued,
         )
 
     def _current_qaic_util(self) -> list[QaicUtilEntry] | None:
@@ -161,12 +169,13 @@ class App:
             self._refreshed.notify_all()
         return state
 
-    async def fresh_state(self) -> dict[str, SocState]:
-        """Health as of now (PreStartContainer): a fresh qaic-util Status (bounded well under
-        kubelet's 30 s), then a refresh that started after the call."""
-        await self.poll_qaic_util(
-            min(self.settings.qaic_util_timeout_seconds, PRESTART_QAIC_UTIL_BUDGET_SECONDS)
-        )
+    async def fresh_state(self, *, qaic_util: bool = True) -> dict[str, SocState]:
+        """The SoCs as of now (PreStartContainer): a refresh that started after the call,
+        with `qaic_util` after a fresh qaic-util Status (bounded well under kubelet's 30 s)."""
+        if qaic_util:
+            await self.poll_qaic_util(
+                min(self.settings.qaic_util_timeout_seconds, PRESTART_QAIC_UTIL_BUDGET_SECONDS)
+            )
         async with self._refreshed:
             target = self._generation + 1 + (1 if self._dirty.is_set() else 0)
             self._dirty.set()
@@ -282,6 +291,13 @@ class App:
             return "plugin manager not serving (watch or registration loop stopped)"
         return None
 
+    def readiness(self) -> str | None:
+        """Why the plugin is not ready (for /readyz), or None when every resource it
+        advertises is registered with the current kubelet."""
+        if self.state is None:
+            return "starting: devices not scanned yet"
+        return self.manager.readiness()
+
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until `stop` is set (exit 0) or a loop dies (exit 1: let the DaemonSet
         restart us rather than advertise devices nobody watches)."""
@@ -304,38 +320,34 @@ class App:
                 extra={"event": "qaic_util_absent"},
             )
         await self.manager.start()
+        # Every long-lived task is supervised: one that ends ends the process (exit 1).
         tasks: list[asyncio.Task[None]] = []
-        http: asyncio.Server | None = None
+        manager_died = asyncio.create_task(self.manager.died(), name="plugin-manager")
         try:
-            if s.metrics_port:
-                try:
-                    http = await serve_http(
-                        s.metrics_address,
-                        s.metrics_port,
-                        self.metrics.registry,
-                        lambda: self.liveness() is None,
-                        reason=lambda: self.liveness() or "",
-                    )
-                except OSError as e:  # port taken: say so and let the DaemonSet retry
-                    log.error(
-                        "cannot serve /metrics and /healthz",
-                        extra={
-                            "event": "metrics_bind_failed",
-                            "port": s.metrics_port,
-                            "address": s.metrics_address or "*",
-                            "error": e.strerror,
-                        },
-                    )
-                    return 1
+            if s.metrics_port:  # optional: a port we cannot bind is retried, never fatal
+                http = serve_http_forever(
+                    s.metrics_address,
+                    s.metrics_port,
+                    self.metrics.registry,
+                    lambda: self.liveness() is None,
+                    reason=lambda: self.liveness() or "",
+                    unready=self.readiness,
+                )
+                tasks.append(asyncio.create_task(http, name="metrics-http"))
+            self._tasks = tasks
             await self.poll_qaic_util()
             await self.refresh()
-            self._tasks = tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
+            tasks += [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [stopper, manager_died, *tasks], return_when=asyncio.FIRST_COMPLETED
+            )
             stopper.cancel()
-            failed = [t for t in done if t is not stopper]
+            failed = [
+                manager_died.result() if t is manager_died else t for t in done if t is not stopper
+            ]
             for t in failed:
-                exc = t.exception()
+                exc = None if t.cancelled() else t.exception()
                 log.error(
                     "internal loop died; exiting",
                     exc_info=exc,
@@ -343,11 +355,9 @@ class App:
                 )
             return 1 if failed else 0
         finally:
+            manager_died.cancel()
             if self._cooldown_timer is not None:
                 self._cooldown_timer.cancel()
-            if http is not None:
-                http.close()
-                await http.wait_closed()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,6 +11,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from .kubelet.checkpoint import IssuedAllocations
 from .kubelet.feed import Feed
 from .kubelet.types import (
     ContainerAllocation,
@@ -55,13 +56,20 @@ class QaicResource:
         on_cross_card: Callable[[str, str], None] | None = None,  # (resource, rpc)
         on_allocate: Callable[[str, int], None] | None = None,  # (resource, SoCs)
         cdi: bool = False,
+        issued: IssuedAllocations | None = None,
     ) -> None:
+        """`recheck`: the node's SoCs as of now (PreStartContainer; with `prestart_check` it
+        includes a fresh qaic-util Status). `issued`: what kubelet holds from Allocate."""
         self._name = resource_name
         self._shares = shares
         self._policy = multi_soc_policy
+        # PreStartContainer is always asked for: a restarted container gets kubelet's
+        # checkpointed Allocate reply, whose device node may belong to another SoC by now.
         self._options = PluginOptions(
-            pre_start_required=prestart_check, get_preferred_allocation_available=True
+            pre_start_required=True, get_preferred_allocation_available=True
         )
+        self._prestart_check = prestart_check
+        self._issued = issued
         self._recheck = recheck
         self._on_cross_card = on_cross_card
         self._on_allocate = on_allocate
@@ -104,8 +112,11 @@ class QaicResource:
 
     # -- kubelet calls -----------------------------------------------------------------------
 
-    def _resolve(self, ids: Sequence[str], socs: dict[str, SocState]) -> list[SocState]:
-        """Map device IDs to distinct SoCs; refuse unknown or unhealthy ones, all or nothing."""
+    def _resolve(
+        self, ids: Sequence[str], socs: dict[str, SocState], *, health: bool = True
+    ) -> list[SocState]:
+        """Map device IDs to distinct SoCs; refuse unknown (or, with `health`, unhealthy)
+        ones, all or nothing."""
         chosen: dict[str, SocState] = {}
         for did in ids:
             pci = soc_of(did)
@@ -115,7 +126,7 @@ class QaicResource:
                     RefusalKind.INVALID_ARGUMENT,
                     f"unknown device {did!r} for resource {self._name}",
                 )
-            if not state.healthy:
+            if health and not state.healthy:
                 why = "; ".join(f.detail for f in state.findings)
                 raise Refusal(
                     RefusalKind.FAILED_PRECONDITION,
@@ -154,15 +165,14 @@ class QaicResource:
                     VISIBLE_DEVICES_ENV: qids,
                 },
             )
-            out.append(
-                ContainerAllocation(
-                    devices=[DeviceSpec(p, p, "rw") for p in paths],
-                    envs={VISIBLE_DEVICES_ENV: qids},
-                    cdi_devices=(
-                        [cdi_device_name(s.soc.pci_address) for s in socs] if self._cdi else []
-                    ),
-                )
+            alloc = ContainerAllocation(
+                devices=[DeviceSpec(p, p, "rw") for p in paths],
+                envs={VISIBLE_DEVICES_ENV: qids},
+                cdi_devices=[cdi_device_name(s.soc.pci_address) for s in socs] if self._cdi else [],
             )
+            if self._issued is not None:
+                self._issued.record(self._name, ids, alloc)
+            out.append(alloc)
         if self._on_allocate is not None:
             for socs in resolved:
                 self._on_allocate(self._name, len(socs))
@@ -180,6 +190,41 @@ class QaicResource:
         return result
 
     async def pre_start(self, device_ids: Sequence[str]) -> None:
-        """Re-check health right before a container starts; refuse a SoC that went bad."""
+        """Right before every container start: refuse a device node that no longer belongs to
+        its SoC (after a driver reload kubelet would hand a restarted container another
+        SoC's node), and with `prestart_check` a SoC that went bad."""
         socs = await self._recheck() if self._recheck is not None else self._socs
-        self._resolve(device_ids, {p: s for p, s in socs.items() if p in self._socs})
+        chosen = self._resolve(
+            device_ids,
+            {p: s for p, s in socs.items() if p in self._socs},
+            health=self._prestart_check,
+        )
+        if self._issued is not None:
+            self._check_nodes(self._issued, device_ids, chosen)
+
+    def _check_nodes(
+        self, known: IssuedAllocations, device_ids: Sequence[str], socs: Sequence[SocState]
+    ) -> None:
+        issued = known.lookup(self._name, device_ids)
+        if not issued.allocations:
+            log.warning(
+                "no Allocate reply known for these devices; device nodes not checked",
+                extra={
+                    "event": "prestart_unchecked",
+                    "resource": self._name,
+                    "devices": list(device_ids),
+                },
+            )
+            return
+        now = sorted(f"/dev/{s.soc.dev_relpath}" for s in socs)
+        for alloc in issued.allocations:
+            given = sorted(d.host_path for d in alloc.devices)
+            if given != now:
+                pcis = ", ".join(s.soc.pci_address for s in socs)
+                raise Refusal(
+                    RefusalKind.FAILED_PRECONDITION,
+                    f"the device node of SoC {pcis} changed since allocation (the driver was "
+                    f"reloaded or the SoC re-probed): the container was given "
+                    f"{', '.join(given)}, the SoC is now {', '.join(now)}; delete and recreate "
+                    "the pod to get its current device node",
+                )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from asyncinotify import Inotify, Mask
+from asyncinotify import Inotify, Mask, Watch
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,74 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-async def watch_directory(path: Path) -> AsyncIterator[DirEvent]:
-    """Yield events for entries of `path`; while it does not exist, wait for it to appear."""
+_BACKOFF = (0.1, 30.0)  # seconds: first retry of a watch that cannot be added, and the cap
+
+
+class _Retry:
+    """Backs off a watch that cannot be added (inotify watches exhausted, permissions), and
+    says so once per path and outage: retrying at once would starve the event loop."""
+
+    def __init__(self, backoff: tuple[float, float]) -> None:
+        self._backoff = backoff
+        self._delay = backoff[0]
+        self._failing: set[Path] = set()
+
+    async def failed(self, path: Path, error: OSError) -> None:
+        if path not in self._failing:
+            self._failing.add(path)
+            hint = (
+                "; inotify watches exhausted: raise the sysctl fs.inotify.max_user_watches"
+                if error.errno == errno.ENOSPC
+                else ""
+            )
+            log.warning(
+                f"cannot watch directory; relying on periodic rescans, retrying with backoff{hint}",
+                extra={
+                    "event": "watch_failed",
+                    "path": str(path),
+                    "error": error.strerror or str(error),
+                    "retry_max_s": self._backoff[1],
+                },
+            )
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, self._backoff[1])
+
+    def added(self, path: Path) -> None:
+        self._delay = self._backoff[0]
+        if path in self._failing:
+            self._failing.discard(path)
+            log.info("watching directory again", extra={"event": "watch_added", "path": str(path)})
+
+
+async def watch_directory(
+    path: Path, *, backoff: tuple[float, float] = _BACKOFF
+) -> AsyncIterator[DirEvent]:
+    """Yield events for entries of `path`; while it does not exist, wait for it to appear.
+
+    A watch that cannot be added is retried with exponential backoff (capped), yielding
+    RESCAN after each attempt, so callers fall back to re-reading state on their own.
+    """
+    retry = _Retry(backoff)
     with Inotify() as inotify:
         while True:
             if path.is_dir():
-                async for ev in _watch_existing(inotify, path):
+                try:
+                    watch = inotify.add_watch(path, _DIR_MASK)
+                except OSError as e:
+                    if path.is_dir():  # not a race with its removal
+                        await retry.failed(path, e)
+                    yield DirEvent(Change.RESCAN)
+                    continue
+                retry.added(path)
+                async for ev in _events(inotify, watch):
                     yield ev
                 yield DirEvent(Change.RESCAN)  # the directory went away
             else:
-                await _await_creation(inotify, path)
+                await _await_creation(inotify, path, retry)
                 yield DirEvent(Change.RESCAN)
 
 
-async def _watch_existing(inotify: Inotify, path: Path) -> AsyncIterator[DirEvent]:
-    try:
-        watch = inotify.add_watch(path, _DIR_MASK)
-    except OSError as e:  # raced with removal
-        log.debug(
-            "watch failed", extra={"event": "watch_failed", "path": str(path), "error": str(e)}
-        )
-        return
+async def _events(inotify: Inotify, watch: Watch) -> AsyncIterator[DirEvent]:
     try:
         async for event in inotify:
             if event.mask & Mask.Q_OVERFLOW:
@@ -94,19 +142,16 @@ async def _watch_existing(inotify: Inotify, path: Path) -> AsyncIterator[DirEven
             inotify.rm_watch(watch)
 
 
-async def _await_creation(inotify: Inotify, path: Path) -> None:
+async def _await_creation(inotify: Inotify, path: Path, retry: _Retry) -> None:
     """Wait until `path` exists, following its creation one component at a time."""
     while not path.is_dir():
         parent = _nearest_existing(path.parent)
         try:
             watch = inotify.add_watch(parent, _PARENT_MASK)
-        except OSError as e:  # unreadable parent: nothing to await, so retry slowly
-            log.warning(
-                "cannot watch directory",
-                extra={"event": "watch_failed", "path": str(parent), "error": str(e)},
-            )
-            await asyncio.sleep(5)
+        except OSError as e:  # unreadable parent or no watches left: nothing to await
+            await retry.failed(parent, e)
             continue
+        retry.added(parent)
         try:
             if _nearest_existing(path.parent) != parent or path.is_dir():
                 continue  # changed between the check and the watch

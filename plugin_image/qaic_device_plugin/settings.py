@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     resync_seconds: float = _setting(
         "QAIC_RESYNC_SECONDS",
         5.0,
-        "periodic sysfs rescan, the safety net under inotify/udev events",
+        "periodic rescan of sysfs and the plugin dir, the safety net under inotify/udev events",
         "a number of seconds > 0",
         gt=0,
     )
@@ -143,13 +143,15 @@ class Settings(BaseSettings):
     prestart_check: bool = _setting(
         "QAIC_PRESTART_CHECK",
         False,
-        "re-check SoC health in PreStartContainer before every container start",
+        "PreStartContainer (always requested: it refuses a moved device node) also re-checks "
+        "SoC health with a fresh qaic-util Status",
         _BOOL,
     )
     metrics_port: int = _setting(
         "QAIC_METRICS_PORT",
         9410,
-        "port for /metrics and /healthz (the liveness probe); 0 disables both",
+        "port for /metrics, /healthz (liveness) and /readyz (readiness); 0 disables them; "
+        "a port that cannot be bound is retried, devices keep being served",
         "an integer from 0 to 65535",
         ge=0,
         le=65535,
@@ -157,7 +159,7 @@ class Settings(BaseSettings):
     metrics_address: str = _setting(
         "QAIC_METRICS_ADDRESS",
         "",
-        "address /metrics and /healthz listen on (empty: all interfaces)",
+        "address /metrics, /healthz and /readyz listen on, exactly (empty: all interfaces)",
         "an IP address, or empty for all",
     )
     nfd_features_dir: Path | None = _setting(

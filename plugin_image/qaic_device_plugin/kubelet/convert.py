@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .api import deviceplugin_pb2 as pb
-from .types import HEALTHY, UNHEALTHY, ContainerAllocation, Device, PluginOptions
+from .types import (
+    HEALTHY,
+    UNHEALTHY,
+    ContainerAllocation,
+    Device,
+    DeviceSpec,
+    Mount,
+    PluginOptions,
+)
 
 
 def options_to_pb(options: PluginOptions) -> pb.DevicePluginOptions:
@@ -54,4 +62,14 @@ def allocation_to_pb(alloc: ContainerAllocation) -> pb.ContainerAllocateResponse
         ],
         annotations=dict(alloc.annotations),
         cdi_devices=[pb.CDIDevice(name=n) for n in alloc.cdi_devices],
+    )
+
+
+def allocation_from_pb(msg: pb.ContainerAllocateResponse) -> ContainerAllocation:
+    return ContainerAllocation(
+        devices=[DeviceSpec(d.container_path, d.host_path, d.permissions) for d in msg.devices],
+        envs=dict(msg.envs),
+        mounts=[Mount(m.container_path, m.host_path, m.read_only) for m in msg.mounts],
+        annotations=dict(msg.annotations),
+        cdi_devices=[c.name for c in msg.cdi_devices],
     )

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 
@@ -72,6 +73,7 @@ class PluginManager:
         self._kubelet_seen_at: float | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
+        self._died: asyncio.Future[asyncio.Task[None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -84,10 +86,28 @@ class PluginManager:
                 "waiting for kubelet",
                 extra={"event": "kubelet_absent", "socket": str(self.kubelet_socket)},
             )
+        self._died = asyncio.get_running_loop().create_future()
         self._loops = [
-            asyncio.create_task(self._watch_loop(), name="plugin-dir-watch"),
-            asyncio.create_task(self._resync_loop(), name="plugin-dir-resync"),
+            self._spawn(self._watch_loop(), "plugin-dir-watch"),
+            self._spawn(self._resync_loop(), "plugin-dir-resync"),
         ]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A long-lived task whose unexpected end (return or exception) `died()` reports."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_done)
+        return task
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed or self._died is None or self._died.done():
+            return
+        self._died.set_result(task)
+
+    async def died(self) -> asyncio.Task[None]:
+        """Wait until one of our long-lived tasks ends unexpectedly; return it (for supervision:
+        nothing here restarts it, the caller ends the process)."""
+        assert self._died is not None, "start() first"
+        return await asyncio.shield(self._died)
 
     async def close(self) -> None:
         """Stop serving and remove our sockets; kubelet then marks the devices unhealthy."""
@@ -110,6 +130,21 @@ class PluginManager:
     def registrations(self, resource: str) -> int:
         return self._served[resource].registrations
 
+    def readiness(self) -> str | None:
+        """Why we are not ready (None: every resource served is registered with the kubelet
+        that listens now, on the socket we serve now). Readiness means registered."""
+        kubelet = self._kubelet_identity()
+        if kubelet is None:
+            return f"kubelet socket {self.kubelet_socket} absent"
+        pending = [
+            name
+            for name, s in self._served.items()
+            if s.registered_with != (kubelet, s.server.generation)
+        ]
+        if pending:
+            return "not registered with the current kubelet: " + ", ".join(sorted(pending))
+        return None
+
     # -- the set of resources ----------------------------------------------------------------
 
     async def set_backends(self, backends: Mapping[str, Backend]) -> None:
@@ -124,7 +159,7 @@ class PluginManager:
                 server=PluginServer(backends[name], self.plugin_dir / socket_name(name)),
             )
             await served.server.start()
-            served.task = asyncio.create_task(self._register_loop(served), name=f"register {name}")
+            served.task = self._spawn(self._register_loop(served), f"register {name}")
             self._served[name] = served
             served.kick.set()
             log.info(
@@ -245,7 +280,16 @@ class PluginManager:
                 await self._restore(kubelet_restarted=self.kubelet_socket.exists())
 
     async def _resync_loop(self) -> None:
-        """Safety net for lost events: the socket files must exist while we serve."""
+        """Safety net for lost events (or no watch at all: inotify watches exhausted): our
+        sockets must exist while we serve, and a kubelet we are not registered with gets a
+        Register (a no-op for resources already registered with it)."""
         while True:
             await asyncio.sleep(self._resync_seconds)
-            await self._restore(kubelet_restarted=False)
+            kubelet = self._kubelet_identity()
+            new = kubelet is not None and any(
+                s.registered_with is None or s.registered_with[0] != kubelet
+                for s in self._served.values()
+            )
+            if new:
+                self._kubelet_seen_at = self._clock()
+            await self._restore(kubelet_restarted=new)

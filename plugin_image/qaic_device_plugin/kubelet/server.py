@@ -101,7 +101,7 @@ class PluginServer:
         await self.stop()
         # Unlink and bind with no await in between: the directory watcher shares this loop and
         # must never observe our own socket missing while we are serving.
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(self.socket_path)
         server = aio.server()
         pb_grpc.add_DevicePluginServicer_to_server(DevicePluginServicer(self.backend), server)
@@ -116,5 +116,5 @@ class PluginServer:
             await server.stop(grace)
 
     def remove_socket(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(self.socket_path)

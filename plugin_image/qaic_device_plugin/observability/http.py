@@ -1,4 +1,4 @@
-"""`/metrics` and `/healthz` from the plugin's own event loop.
+"""`/metrics`, `/healthz` (liveness) and `/readyz` (readiness) from the plugin's own event loop.
 
 Deliberately not prometheus_client's thread server: served from the loop that runs the
 plugin, a wedged loop stops answering `/healthz` and the liveness probe restarts us, which a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -26,7 +27,10 @@ MAX_CONNECTIONS = 64  # beyond this answer 503 at once; beyond twice this, reset
 TEXT = "text/plain; charset=utf-8"
 METHODS = ("GET", "HEAD")  # RFC 9110 9.1: a server supporting GET supports HEAD
 
+BIND_BACKOFF = (0.5, 5.0)  # seconds: first retry of a port we cannot bind, and the cap
+
 Response = tuple[HTTPStatus, str, bytes, dict[str, str]]
+log = logging.getLogger(__name__)
 
 
 def _text(status: HTTPStatus, body: str, **headers: str) -> Response:
@@ -41,16 +45,19 @@ class _Handler:
         reason: Callable[[], str] | None,
         head_timeout: float,
         max_connections: int,
+        unready: Callable[[], str | None] | None = None,
     ) -> None:
         self._registry = registry
         self._alive = alive
         self._reason = reason
+        self._unready = unready
         self._head_timeout = head_timeout
         self._max_connections = max_connections
         self._active = 0
         self._routes: dict[str, Callable[[], Response]] = {
             "/metrics": self._metrics,
             "/healthz": self._healthz,
+            "/readyz": self._readyz,
         }
 
     def _metrics(self) -> Response:
@@ -65,6 +72,15 @@ class _Handler:
         if ok:
             return _text(HTTPStatus.OK, "ok\n")
         return _text(HTTPStatus.SERVICE_UNAVAILABLE, f"not alive: {why or 'unspecified'}\n")
+
+    def _readyz(self) -> Response:
+        try:
+            why = self._unready() if self._unready is not None else None
+        except Exception as e:  # a broken check is a failed probe, not a dead server
+            why = f"readiness check raised {e!r}"
+        if why is None:
+            return _text(HTTPStatus.OK, "ready\n")
+        return _text(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {why}\n")
 
     async def _read_head(self, reader: asyncio.StreamReader) -> Response | bytes | None:
         """The request head, or the error response to send, or None when the client left."""
@@ -87,7 +103,9 @@ class _Handler:
         method, target = parts[0], parts[1]
         handler = self._routes.get(target.split("?", 1)[0])
         if handler is None:
-            return _text(HTTPStatus.NOT_FOUND, "not found; try /metrics or /healthz\n"), True
+            return _text(
+                HTTPStatus.NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"
+            ), True
         if method not in METHODS:
             return (
                 _text(
@@ -177,14 +195,64 @@ async def serve_http(
     alive: Callable[[], bool],
     *,
     reason: Callable[[], str] | None = None,
+    unready: Callable[[], str | None] | None = None,
     head_limit: int = HEAD_LIMIT,
     head_timeout: float = HEAD_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> asyncio.Server:
-    """Listen on host:port (0: any free port; read it from `server.sockets`).
+    """Listen on host:port (host "": every address; port 0: any free port, read it from
+    `server.sockets`).
 
     `/healthz` answers 200 while `alive()` is true, else 503 with `reason()` (if given) in
-    the body. The caller owns the server: `server.close(); await server.wait_closed()`.
+    the body. `/readyz` answers 200 while `unready()` returns None, else 503 with what it
+    returned (always 200 without `unready`). The caller owns the server:
+    `server.close(); await server.wait_closed()`.
     """
-    handler = _Handler(registry, alive, reason, head_timeout, max_connections)
-    return await asyncio.start_server(handler, host, port, limit=head_limit)
+    handler = _Handler(registry, alive, reason, head_timeout, max_connections, unready)
+    return await asyncio.start_server(handler, host or None, port, limit=head_limit)
+
+
+async def serve_http_forever(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    alive: Callable[[], bool],
+    *,
+    reason: Callable[[], str] | None = None,
+    unready: Callable[[], str | None] | None = None,
+    backoff: tuple[float, float] = BIND_BACKOFF,
+) -> None:
+    """`serve_http` until cancelled. An address that cannot be bound (the port held by
+    another process, the address not on the node yet) is logged once and retried with
+    capped exponential backoff: these endpoints are optional, so they never take device
+    serving down with them."""
+    delay, failures = backoff[0], 0
+    where = {"address": host or "*", "port": port}
+    while True:
+        try:
+            server = await serve_http(host, port, registry, alive, reason=reason, unready=unready)
+            break
+        except OSError as e:
+            if failures == 0:
+                log.error(
+                    "cannot serve /metrics, /healthz and /readyz; still serving devices, "
+                    "retrying with backoff",
+                    extra={
+                        "event": "metrics_bind_failed",
+                        **where,
+                        "error": e.strerror or str(e),
+                        "retry_max_s": backoff[1],
+                    },
+                )
+            failures += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff[1])
+    log.info(
+        "serving /metrics, /healthz and /readyz",
+        extra={"event": "metrics_serving", **where, "attempts": failures + 1},
+    )
+    try:
+        await server.serve_forever()
+    finally:
+        server.close()
+        await server.wait_closed()

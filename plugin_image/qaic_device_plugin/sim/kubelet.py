@@ -3,6 +3,7 @@
 Register validates version and name, dials the plugin back and calls GetDevicePluginOptions
 BEFORE replying, then consumes ListAndWatch. A broken stream marks every device unhealthy.
 A restart deletes every socket in the plugin dir and creates kubelet.sock anew.
+Pods (Allocate per container, kubelet's checkpoint file, PreStartContainer) are in pods.py.
 Used by the tests, the demo, the benchmarks and the image stage (`python -m ...sim.kubelet`).
 """
 
@@ -76,6 +77,7 @@ class KubeletSim:
         self.dial_timeout = dial_timeout
         self.registrations: list[Registration] = []
         self.rejections: list[str] = []
+        self.refuse_registrations: str | None = None  # a reason: refuse every Register
         self.resources: dict[str, ResourceView] = {}
         self._server: aio.Server | None = None
         self._changed = asyncio.Condition()
@@ -184,6 +186,8 @@ class KubeletSim:
 
     async def _register(self, request: pb.RegisterRequest) -> str | None:
         """Return None on success, else the reason kubelet would give."""
+        if self.refuse_registrations is not None:
+            return self.refuse_registrations
         if request.version != API_VERSION:
             return f"unsupported API version {request.version!r}"
         if not valid_extended_resource_name(request.resource_name):

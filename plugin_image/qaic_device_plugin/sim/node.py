@@ -659,6 +659,14 @@ class FakeNode:
         for pci in sorted(self._socs):
             self.bind_driver(pci)
 
+    def reload_driver(self, probe_order: Sequence[str] = ()) -> None:
+        """`modprobe -r qaic; modprobe qaic`, the SoCs in `probe_order` probed first (the
+        kernel probes asynchronously): each takes the lowest free accel minor, so SoCs can
+        swap device nodes."""
+        self.unload_driver()
+        for pci in [*probe_order, *sorted(p for p in self._socs if p not in probe_order)]:
+            self.bind_driver(pci)
+
     def remove_soc(self, pci: str) -> None:
         """Hot-remove: everything the kernel drops when the PCI function goes away."""
         soc = self._get(pci)

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,11 @@ class PluginProcess:
         log_path: Path,
         *,
         args: list[str] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
+        """`launcher`: a command that ends by exec-ing its arguments (e.g. `unshare ...`), so
+        the plugin runs under it with the same pid."""
+        self.launcher = list(launcher)
         self.env = {**os.environ, **env}
         for k in ("QAIC_CONFIG_FILE",):  # never inherit a config file from the caller
             if k not in env:
@@ -60,6 +64,7 @@ class PluginProcess:
     async def start(self) -> None:
         with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - local file, opened once
             self.proc = await asyncio.create_subprocess_exec(
+                *self.launcher,
                 *plugin_command(),
                 *self.args,
                 env=self.env,
