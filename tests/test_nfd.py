@@ -15,7 +15,7 @@ from qaic_device_plugin.qaic.inventory import Inventory, NodeState
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Sku
 from qaic_device_plugin.qaic.nfd import NfdFeatureFile, valid_label
 from qaic_device_plugin.qaic.sku import SKU_TYPE_TEXT
-from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.node import CardSpec, FakeNode
 
 DEMO = """\
 qualcomm.com/qaic.present=true
@@ -31,6 +31,7 @@ qualcomm.com/qaic.sku.std.cards=1
 qualcomm.com/qaic.sku.ultra=true
 qualcomm.com/qaic.sku.ultra.socs=8
 qualcomm.com/qaic.sku.ultra.cards=2
+qualcomm.com/qaic.sku-source=qaic-util
 """
 
 # Kubernetes label syntax, written out independently of the module under test
@@ -92,6 +93,36 @@ def test_demo_node_labels(node: FakeNode, features: Path) -> None:
     assert f.path.stat().st_size < 64 * 1024  # nfd-worker ignores larger files
     assert oct(f.path.stat().st_mode & 0o777) == oct(0o644)
     assert [p.name for p in features.iterdir()] == ["qaic"]  # no temporary file left behind
+
+
+def test_sku_source_is_the_weakest_and_guessed_cards_count_per_soc(tmp_path: Path) -> None:
+    """Issue 13: four single-SoC cards behind a server-board switch plus an Ultra card. Without
+    qaic-util nothing is a card for sure, every SoC is a Standard guess and the label says so;
+    firmware answers make the cards and SKUs real; an override is weaker than firmware."""
+    cards = [CardSpec(Sku.STANDARD, platform_switch=0)] * 3 + [CardSpec(Sku.PRO, platform_switch=0)]
+    node = FakeNode(tmp_path / "n", [*cards, CardSpec(Sku.ULTRA)], device_nodes="file")
+    node.write()
+    pro = next(s.pci_address for s in node.socs if s.sku is Sku.PRO)
+
+    def labels(util: list[QaicUtilEntry] | None, overrides: dict[str, Sku]) -> dict[str, str]:
+        return nfd.labels(
+            Inventory(node.sysfs_root, node.dev_root, overrides).scan(util), node.dev_root
+        )
+
+    blind = labels(None, {})
+    assert blind[f"{nfd.PREFIX}.sku-source"] == "topology"
+    assert blind[f"{nfd.PREFIX}.cards"] == "8"  # no guessed grouping counts as one card
+    assert blind[f"{nfd.PREFIX}.sku.std.socs"] == "8"
+    assert f"{nfd.PREFIX}.sku.ultra" not in blind
+    assert labels(None, {pro: Sku.PRO})[f"{nfd.PREFIX}.sku-source"] == "topology"
+
+    firmware = labels(entries(node), {})
+    assert firmware[f"{nfd.PREFIX}.sku-source"] == "qaic-util"
+    assert firmware[f"{nfd.PREFIX}.cards"] == "5"
+    assert firmware[f"{nfd.PREFIX}.sku.std.cards"] == "3"
+    assert firmware[f"{nfd.PREFIX}.sku.pro.cards"] == "1"
+    assert firmware[f"{nfd.PREFIX}.sku.ultra.cards"] == "1"
+    assert labels(entries(node), {pro: Sku.PRO})[f"{nfd.PREFIX}.sku-source"] == "override"
 
 
 def test_unchanged_content_is_not_rewritten(node: FakeNode, features: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import time
@@ -14,10 +15,12 @@ from hypothesis import strategies as st
 
 from qaic_device_plugin.qaic.model import QaicUtilEntry, Sku
 from qaic_device_plugin.qaic.qaic_util import (
-    DEFAULT_PATH,
     QaicUtilError,
-    find_qaic_util,
+    QaicUtilFinder,
+    QaicUtilUnusable,
+    candidates,
     parse_qaic_util,
+    probe_qaic_util,
     query_qaic_util,
 )
 from qaic_device_plugin.sim.node import DEMO_CARDS, CardSpec, FakeNode
@@ -130,7 +133,7 @@ def test_parse_roundtrip(case: tuple[str, list[QaicUtilEntry]]) -> None:
     assert parse_qaic_util(text) == want
 
 
-# ----- find_qaic_util -----------------------------------------------------------------------
+# ----- finding a usable qaic-util ----------------------------------------------------------
 
 
 def make_exe(path: Path, body: str = "#!/bin/sh\nexit 0\n", mode: int = 0o755) -> Path:
@@ -140,27 +143,87 @@ def make_exe(path: Path, body: str = "#!/bin/sh\nexit 0\n", mode: int = 0o755) -
     return path
 
 
-def test_find_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    exe = make_exe(tmp_path / "tools" / "my-qaic-util")
-    assert find_qaic_util(str(exe)) == str(exe)
+LOADER_FAILURE = (
+    '#!/bin/sh\necho "$0: error while loading shared libraries: libpci.so.3: cannot open '
+    'shared object file: No such file or directory" >&2\nexit 127\n'
+)
 
 
-def test_find_falls_back_to_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_candidates_configured_then_path_then_default(tmp_path: Path) -> None:
     on_path = make_exe(tmp_path / "bin" / "qaic-util")
-    monkeypatch.setenv("PATH", str(on_path.parent))
-    not_exe = make_exe(tmp_path / "x" / "qaic-util", mode=0o644)
-    assert find_qaic_util(str(not_exe)) == str(on_path)
-    assert find_qaic_util(str(tmp_path / "missing")) == str(on_path)
-    assert find_qaic_util(str(tmp_path)) == str(on_path)  # a directory is not a tool
-    assert find_qaic_util(None) == str(on_path)
+    default = str(tmp_path / "opt" / "qaic-util")
+    search = str(on_path.parent)
+    assert candidates("/x/q", search, default) == ["/x/q", str(on_path), default]
+    assert candidates(None, str(tmp_path / "empty"), default) == [default]
+    assert candidates(default, str(tmp_path / "empty"), default) == [default]  # no duplicates
 
 
-@pytest.mark.skipif(os.path.exists(DEFAULT_PATH), reason="a real SDK is installed here")
-def test_find_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert find_qaic_util(None) is None
-    assert find_qaic_util(str(tmp_path / "missing")) is None
+async def test_probe_says_why_each_candidate_is_unusable(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    not_exe = make_exe(tmp_path / "a" / "qaic-util", mode=0o644)
+    no_lib = make_exe(tmp_path / "b" / "qaic-util", LOADER_FAILURE)
+    bad_format = tmp_path / "c" / "qaic-util"
+    bad_format.parent.mkdir()
+    bad_format.write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 64)  # not loadable here
+    bad_format.chmod(0o755)
+    paths = [missing, str(not_exe), str(tmp_path), str(no_lib), str(bad_format)]
+    probe = await probe_qaic_util(paths, 5.0)
+    assert probe.path is None
+    why = dict(probe.tried)
+    assert list(why) == paths
+    assert why[missing] == "not found"
+    assert why[str(not_exe)] == "not executable"
+    assert "not a regular file" in why[str(tmp_path)]
+    assert "exited 127 before running" in why[str(no_lib)] and "libpci.so.3" in why[str(no_lib)]
+    assert why[str(bad_format)].startswith("cannot execute: Exec format error")
+
+
+async def test_probe_takes_the_first_that_runs(tmp_path: Path) -> None:
+    no_lib = make_exe(tmp_path / "b" / "qaic-util", LOADER_FAILURE)
+    works = make_exe(tmp_path / "w" / "qaic-util", f"#!/bin/sh\ncat <<'E'\n{SAMPLE}E\n")
+    probe = await probe_qaic_util([str(no_lib), str(works)], 5.0)
+    assert probe.path == str(works)
+    assert [e.pci_address for e in probe.entries or []] == ["0000:35:00.0", "0000:36:00.0"]
+    assert [p for p, _ in probe.tried] == [str(no_lib)]
+
+
+async def test_probe_a_tool_that_starts_but_fails_is_still_the_tool(tmp_path: Path) -> None:
+    crashes = make_exe(tmp_path / "qaic-util", "#!/bin/sh\necho boom >&2\nexit 139\n")
+    probe = await probe_qaic_util([str(crashes)], 5.0)
+    assert probe.path == str(crashes) and probe.entries is None
+    assert probe.error is not None and "exited 139" in probe.error
+
+
+async def test_finder_warns_once_and_says_when_qaic_util_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    configured = tmp_path / "tools" / "qaic-util"
+    finder = QaicUtilFinder(
+        str(configured), search_path=str(tmp_path / "empty"), default=str(tmp_path / "opt")
+    )
+    caplog.set_level(logging.INFO, logger="qaic_device_plugin.qaic.qaic_util")
+
+    def events(name: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+    for _ in range(3):  # every health poll looks again, and says nothing new
+        assert (await finder.find(5.0)).path is None
+    (warning,) = events("qaic_util_unusable")
+    assert warning.levelno == logging.WARNING
+    assert warning.__dict__["tried"] == [
+        {"path": str(configured), "reason": "not found"},
+        {"path": str(tmp_path / "opt"), "reason": "not found"},
+    ]
+    assert "SKUs are guesses" in warning.getMessage()
+    assert "Status health signal and PreStart Status check are off" in warning.getMessage()
+
+    make_exe(configured)
+    assert (await finder.find(5.0)).path == str(configured)
+    assert len(events("qaic_util_found")) == 1
+    configured.unlink()  # lost again: that is news, said once more
+    assert (await finder.find(5.0)).path is None
+    assert (await finder.find(5.0)).path is None
+    assert len(events("qaic_util_unusable")) == 2
 
 
 # ----- query_qaic_util against the fake tool, as a real subprocess --------------------------
@@ -264,12 +327,27 @@ async def test_query_killed_by_signal(tmp_path: Path) -> None:
 
 
 async def test_query_missing_or_not_executable(tmp_path: Path) -> None:
-    with pytest.raises(QaicUtilError, match="cannot run"):
+    with pytest.raises(QaicUtilUnusable, match="cannot execute: No such file"):
         await query_qaic_util(str(tmp_path / "nope"), 5)
     exe = make_exe(tmp_path / "qaic-util", mode=0o644)
     assert not os.stat(exe).st_mode & stat.S_IXUSR
-    with pytest.raises(QaicUtilError, match="cannot run"):
+    with pytest.raises(QaicUtilUnusable, match="cannot execute: Permission denied"):
         await query_qaic_util(str(exe), 5)
+
+
+async def test_query_missing_shared_library_or_interpreter_is_unusable(tmp_path: Path) -> None:
+    no_lib = make_exe(tmp_path / "a" / "qaic-util", LOADER_FAILURE)
+    with pytest.raises(QaicUtilUnusable, match=r"libpci\.so\.3: cannot open shared object"):
+        await query_qaic_util(str(no_lib), 5)
+    no_python = make_exe(tmp_path / "b" / "qaic-util", "#!/nonexistent/python3\nprint(1)\n")
+    with pytest.raises(QaicUtilUnusable, match=r"cannot execute: No such file .*dynamic loader"):
+        await query_qaic_util(str(no_python), 5)
+    # the fake node's qaic-util emulates the loader failure too (for the process tests)
+    node = FakeNode(tmp_path / "node", list(DEMO_CARDS), device_nodes="file")
+    node.write()
+    node.set_qaic_util_mode("nolib")
+    with pytest.raises(QaicUtilUnusable, match="exited 127 before running"):
+        await query_qaic_util(str(node.qaic_util_path), 5)
 
 
 async def test_query_no_devices(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def util(*rows: tuple[str, str, str | None]) -> list[QaicUtilEntry]:
             None,
             {U[0]: Sku.PRO},
             U[1],
-            SkuDecision(Sku.ULTRA, SkuSource.TOPOLOGY),
+            SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY),
         ),
         (
             "own qaic-util",
@@ -128,32 +128,48 @@ def util(*rows: tuple[str, str, str | None]) -> list[QaicUtilEntry]:
             util((U[0], "Error", None), (U[1], "Ready", "PCIe Ultra 080")),
             {},
             U[0],
-            SkuDecision(Sku.ULTRA_080, SkuSource.QAIC_UTIL),
+            SkuDecision(Sku.ULTRA_080, SkuSource.SIBLING),
         ),
         (
             "sibling when absent from output",
             util((U[3], "Ready", "PCIe Ultra")),
             {},
             U[0],
-            SkuDecision(Sku.ULTRA, SkuSource.QAIC_UTIL),
+            SkuDecision(Sku.ULTRA, SkuSource.SIBLING),
         ),
         (
             "sibling majority",
             util(
-                (U[0], "Ready", "PCIe"),
+                (U[0], "Ready", "PCIe Ultra Plus"),
                 (U[1], "Ready", "PCIe Ultra"),
                 (U[2], "Ready", "PCIe Ultra"),
             ),
             {},
             U[3],
-            SkuDecision(Sku.ULTRA, SkuSource.QAIC_UTIL),
+            SkuDecision(Sku.ULTRA, SkuSource.SIBLING),
         ),
         (
             "sibling tie: lowest address",
-            util((U[1], "Ready", "PCIe Ultra"), (U[2], "Ready", "PCIe Pro")),
+            util((U[1], "Ready", "PCIe Ultra"), (U[2], "Ready", "PCIe Ultra Plus")),
             {},
             U[3],
-            SkuDecision(Sku.ULTRA, SkuSource.QAIC_UTIL),
+            SkuDecision(Sku.ULTRA, SkuSource.SIBLING),
+        ),
+        (
+            # single-SoC cards behind a server-board switch: a Standard neighbour says
+            # nothing about the card next to it (it may be a Pro)
+            "one-SoC siblings say nothing",
+            util((U[0], "Ready", "PCIe"), (U[1], "Ready", "PCIe"), (U[2], "Ready", "PCIe Pro")),
+            {},
+            U[3],
+            SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY),
+        ),
+        (
+            "one-SoC sibling does not outvote an Ultra one",
+            util((U[0], "Ready", "PCIe"), (U[1], "Ready", "PCIe"), (U[2], "Ready", "PCIe Ultra")),
+            {},
+            U[3],
+            SkuDecision(Sku.ULTRA, SkuSource.SIBLING),
         ),
         (
             "other cards do not count",
@@ -174,7 +190,7 @@ def util(*rows: tuple[str, str, str | None]) -> list[QaicUtilEntry]:
             util((U[0], "Ready", "PCIe Mega")),
             {},
             U[0],
-            SkuDecision(Sku.ULTRA, SkuSource.TOPOLOGY),
+            SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY),
         ),
         (
             "address case in qaic-util",
@@ -183,7 +199,8 @@ def util(*rows: tuple[str, str, str | None]) -> list[QaicUtilEntry]:
             S,
             SkuDecision(Sku.M2, SkuSource.QAIC_UTIL),
         ),
-        ("topology multi-SoC", None, {}, U[2], SkuDecision(Sku.ULTRA, SkuSource.TOPOLOGY)),
+        # a shared switch alone is never Ultra: it may be four single-SoC cards (issue 13)
+        ("topology multi-SoC", None, {}, U[2], SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)),
         ("topology lone SoC", [], {}, S, SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)),
     ],
     ids=lambda v: v if isinstance(v, str) and " " in v else "",
@@ -201,9 +218,10 @@ def test_precedence(
 
 
 def test_topology_card_with_only_one_soc_visible() -> None:
-    """A card id that is not the SoC's own address means an on-card switch: still Ultra."""
+    """A SoC behind a shared switch whose siblings have no accel node: the switch alone still
+    proves nothing (before issue 13 this said Ultra)."""
     lone = [SOCS[0]]
-    assert resolve_skus(lone, None, {})[U[0]] == SkuDecision(Sku.ULTRA, SkuSource.TOPOLOGY)
+    assert resolve_skus(lone, None, {})[U[0]] == SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)
 
 
 def test_empty() -> None:
@@ -224,14 +242,17 @@ async def test_fake_node_end_to_end(tmp_path: Path) -> None:
     entries = await query_qaic_util(str(node.qaic_util_path), 20)
     got = resolve_skus(socs, entries, {})
     for s in node.socs:
-        source = SkuSource.TOPOLOGY if s.pci_address == std.pci_address else SkuSource.QAIC_UTIL
+        source = {std.pci_address: SkuSource.TOPOLOGY, ultra.pci_address: SkuSource.SIBLING}.get(
+            s.pci_address, SkuSource.QAIC_UTIL
+        )
         assert got[s.pci_address] == SkuDecision(s.sku, source), s
     # without qaic-util, the Pro card reads as Standard: only an override can fix that
     pro = next(s for s in node.socs if s.sku is Sku.PRO)
     blind = resolve_skus(socs, None, {pro.pci_address: parse_sku("pro")})
     assert blind[pro.pci_address] == SkuDecision(Sku.PRO, SkuSource.OVERRIDE)
     assert blind[std.pci_address] == SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)
-    assert blind[ultra.pci_address] == SkuDecision(Sku.ULTRA, SkuSource.TOPOLOGY)
+    # nor the Ultra card as Ultra: its switch looks like a server board's (issue 13)
+    assert blind[ultra.pci_address] == SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)
 
 
 async def test_fake_node_all_skus(tmp_path: Path) -> None:

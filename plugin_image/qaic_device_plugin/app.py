@@ -27,7 +27,7 @@ from .qaic.health import Finding, Signal
 from .qaic.inventory import Inventory, NodeState, SocState
 from .qaic.model import QaicUtilEntry
 from .qaic.nfd import NfdFeatureFile
-from .qaic.qaic_util import QaicUtilError, find_qaic_util, query_qaic_util
+from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
 from .qaic.resources import resource_name
 from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
 from .settings import Settings
@@ -64,7 +64,8 @@ class App:
         self._cooldown_timer: asyncio.TimerHandle | None = None
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
-        self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
+        self.qaic_util_finder = QaicUtilFinder(settings.qaic_util_path)
+        self.qaic_util_path: str | None = None  # a usable qaic-util; found by poll_qaic_util
         self._qaic_util: list[QaicUtilEntry] | None = None
         self._dirty = asyncio.Event()
         self._poll_now = asyncio.Event()  # qaic-util before the next interval (udev, new SoCs)
@@ -184,21 +185,36 @@ class App:
         return self.state.by_pci()
 
     async def poll_qaic_util(self, timeout: float | None = None) -> None:
-        if self.qaic_util_path is None:
-            return
+        """Run qaic-util for fresh Status and SKUs; while there is no usable one, look for it
+        again (the finder says once what its absence costs, not every poll)."""
+        timeout = timeout or self.settings.qaic_util_timeout_seconds
         self._poll_seq += 1
         seq = self._poll_seq
         asked = {s.pci_address for s in discover(self.settings.sysfs_root).socs}
-        entries: list[QaicUtilEntry] | None
-        try:
-            entries = await query_qaic_util(
-                self.qaic_util_path, timeout or self.settings.qaic_util_timeout_seconds
-            )
-        except QaicUtilError as e:
+        entries: list[QaicUtilEntry] | None = None
+        error: str | None = None
+        if self.qaic_util_path is not None:
+            try:
+                entries = await query_qaic_util(self.qaic_util_path, timeout)
+            except QaicUtilUnusable as e:
+                log.warning(
+                    "qaic-util cannot run any more",
+                    extra={"event": "qaic_util_failed", "error": f"{self.qaic_util_path}: {e}"},
+                )
+                self.qaic_util_path = None  # look again below: another candidate may work
+            except QaicUtilError as e:
+                error = str(e)
+        if self.qaic_util_path is None:
+            probe = await self.qaic_util_finder.find(timeout)
+            if probe.path is None:
+                self._qaic_util = None
+                return
+            self.qaic_util_path, entries, error = probe.path, probe.entries, probe.error
+        if error is not None:
             # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
             entries = None
             self.metrics.signal_unreadable(Signal.QAIC_UTIL)
-            log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": str(e)})
+            log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": error})
         self._asked |= asked
         if seq > self._poll_applied:  # runs overlap (PreStart): the newest started one wins
             self._poll_applied = seq
@@ -311,14 +327,9 @@ class App:
                 "sysfs_root": str(s.sysfs_root),
                 "dev_root": str(s.dev_root),
                 "plugin_dir": str(s.device_plugin_dir),
-                "qaic_util": self.qaic_util_path or "absent",
+                "qaic_util": s.qaic_util_path or "search",
             },
         )
-        if self.qaic_util_path is None:
-            log.info(
-                "qaic-util not found; SKUs from topology and overrides, no Status signal",
-                extra={"event": "qaic_util_absent"},
-            )
         await self.manager.start()
         # Every long-lived task is supervised: one that ends ends the process (exit 1).
         tasks: list[asyncio.Task[None]] = []

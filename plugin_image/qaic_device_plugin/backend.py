@@ -153,6 +153,8 @@ class QaicResource:
                 )
                 if self._on_cross_card is not None:
                     self._on_cross_card(self._name, "allocate")
+            elif len(socs) > 1 and self._shares == 1 and not all(s.soc.card_certain for s in socs):
+                self._unproven_card(socs)
             paths = [f"/dev/{s.soc.dev_relpath}" for s in socs]
             qids = ",".join(str(q) for q in sorted(s.soc.qid for s in socs))
             log.info(
@@ -177,6 +179,32 @@ class QaicResource:
             for socs in resolved:
                 self._on_allocate(self._name, len(socs))
         return out
+
+    def _unproven_card(self, socs: Sequence[SocState]) -> None:
+        """A multi-SoC set on one card that only PCIe topology vouches for: it may as well be
+        single-SoC cards behind a server-board switch, so it counts as cross-card; `require`
+        refuses it rather than promise a card nobody proved."""
+        card = socs[0].soc.card_id
+        if self._on_cross_card is not None:
+            self._on_cross_card(self._name, "allocate")
+        if self._policy is MultiSocPolicy.REQUIRE:
+            raise Refusal(
+                RefusalKind.FAILED_PRECONDITION,
+                f"{len(socs)} SoCs share card {card} only by PCIe topology, with no firmware "
+                "evidence that it is one multi-SoC card (it may be single-SoC cards behind a "
+                "server-board PCIe switch); QAIC_MULTI_SOC_POLICY=require needs proof: make "
+                "the host's qaic-util available to the plugin (mount /opt/qti-aic) or name "
+                "these SoCs' SKU in QAIC_SKU_OVERRIDES",
+            )
+        log.warning(
+            "multi-SoC allocation on a card known only from PCIe topology",
+            extra={
+                "event": "unproven_card",
+                "resource": self._name,
+                "card": card,
+                "socs": [s.soc.pci_address for s in socs],
+            },
+        )
 
     async def preferred_allocation(
         self, available: Sequence[str], must_include: Sequence[str], size: int

@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     health_poll_seconds: float = _setting(
         "QAIC_HEALTH_POLL_SECONDS",
         30.0,
-        "how often qaic-util -q is polled for Status",
+        "how often qaic-util -q runs for Status and SKUs (and, while no usable qaic-util"
+        " was found, how often it is looked for again); qaic-util is its only source, so"
+        " without it health comes from sysfs via inotify/udev and the QAIC_RESYNC_SECONDS"
+        " rescan",
         "a number of seconds > 0",
         gt=0,
     )

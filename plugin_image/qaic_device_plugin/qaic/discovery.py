@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import Discovery, Skipped, Soc
+from .model import CardEvidence, Discovery, Skipped, Soc
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,8 @@ class _Walk:
         return found
 
     def card_ids(self, functions: dict[str, _PciFn]) -> dict[str, str]:
+        """Candidate cards: 2-4 qaic functions below one switch (unbound ones count, so a
+        card keeps its shape while a SoC is off its driver); everything else is alone."""
         groups: dict[str, list[str]] = {}
         for fn in functions.values():
             port = _upstream_port(fn.path)
@@ -177,6 +179,9 @@ class _Walk:
 
     def run(self) -> Discovery:
         functions = self.qaic_functions()
+        # QIDs count every 17cb qaic function whatever its driver (qaic, vfio-pci, none), as
+        # the runtime's libpci scan does; qaic-util's own map, when there, is checked in
+        # inventory and wins (README "QAIC_VISIBLE_DEVICES carries runtime QIDs").
         qids = {address: i for i, address in enumerate(sorted(functions))}
         cards = self.card_ids(functions)
         socs: dict[str, Soc] = {}
@@ -208,6 +213,11 @@ class _Walk:
                 numa_node=numa,
                 card_id=cards[fn.address],
                 qid=qids[fn.address],
+                # a shared switch is only a hint: an Ultra's on-card switch and a server
+                # board's switch with single-SoC cards look the same (sku/inventory decide)
+                card_evidence=(
+                    CardEvidence.ALONE if cards[fn.address] == fn.address else CardEvidence.TOPOLOGY
+                ),
             )
         return Discovery(
             socs=tuple(socs[a] for a in sorted(socs)),

@@ -11,9 +11,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .cards import check_qids, guessed_cards, resolve_cards
 from .discovery import discover
 from .health import (
     Finding,
@@ -71,6 +72,11 @@ class Inventory:
         self.ras = RasTracker(ue_cooldown_seconds, clock)
         self._known: dict[str, Soc] = {}
         self._skus: dict[str, SkuDecision] = {}
+        # qaic-util's QIDs and the count of ours they were taken against: kept through brief
+        # qaic-util outages while our count is unchanged, so QIDs do not flip between polls
+        self._util_qids: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self._said_guessed: dict[str, list[str]] = {}
+        self._said_mismatch: dict[str, tuple[int, int]] = {}
 
     def _pci_present(self, pci: str) -> bool:
         return os.path.lexists(self.sysfs_root / "bus" / "pci" / "devices" / pci)
@@ -100,6 +106,7 @@ class Inventory:
             self._known[pci] = soc
         socs = [self._known[p] for p in sorted(self._known)]
         self._decide_skus(socs, qaic_util)
+        socs = self._runtime_qids(self._cards(socs), qaic_util)
 
         by_pci = {e.pci_address: e for e in qaic_util} if qaic_util is not None else None
         states: list[SocState] = []
@@ -128,6 +135,55 @@ class Inventory:
             self.ras.observe(soc.pci_address, None if isinstance(ras, Unreadable) else ras),
             check_qaic_util(soc, qaic_util),
         ]
+
+    def _cards(self, socs: Sequence[Soc]) -> list[Soc]:
+        """Card groupings the SKU evidence proves; the rest stay guesses, logged on change."""
+        cards = resolve_cards(socs, self._skus)
+        out = [
+            replace(
+                s, card_id=cards[s.pci_address].card_id, card_evidence=cards[s.pci_address].evidence
+            )
+            for s in socs
+        ]
+        guessed = guessed_cards(out)
+        if guessed != self._said_guessed:
+            self._said_guessed = guessed
+            if guessed:
+                log.warning(
+                    "SoCs grouped into cards by a shared PCIe switch only (no firmware evidence):"
+                    " not offered as multi-SoC SKUs, and QAIC_MULTI_SOC_POLICY=require will not"
+                    " vouch for them; make qaic-util available or set QAIC_SKU_OVERRIDES",
+                    extra={"event": "card_guessed", "cards": guessed},
+                )
+        return out
+
+    def _runtime_qids(
+        self, socs: Sequence[Soc], qaic_util: Sequence[QaicUtilEntry] | None
+    ) -> list[Soc]:
+        """The QIDs the runtime uses: qaic-util's map where it lists a SoC, else our count."""
+        ours = {s.pci_address: s.qid for s in socs}
+        if qaic_util is not None:
+            check = check_qids(socs, qaic_util)
+            self._util_qids = (ours, check.theirs)
+        elif self._util_qids[0] != ours:
+            self._util_qids = ({}, {})  # the node changed since qaic-util last spoke
+        theirs = self._util_qids[1]
+        mismatched = {p: (ours[p], q) for p, q in sorted(theirs.items()) if ours[p] != q}
+        if mismatched != self._said_mismatch:
+            self._said_mismatch = mismatched
+            if mismatched:
+                log.warning(
+                    "our QID count differs from qaic-util's map; QAIC_VISIBLE_DEVICES uses"
+                    " qaic-util's",
+                    extra={
+                        "event": "qid_mismatch",
+                        "ours": {p: q[0] for p, q in mismatched.items()},
+                        "qaic_util": {p: q[1] for p, q in mismatched.items()},
+                    },
+                )
+            else:
+                log.info("QIDs agree with qaic-util", extra={"event": "qid_match"})
+        return [replace(s, qid=theirs.get(s.pci_address, s.qid)) for s in socs]
 
     def _decide_skus(self, socs: Sequence[Soc], qaic_util: Sequence[QaicUtilEntry] | None) -> None:
         """Decide SKUs, but never let a guess replace a fact: a SoC that qaic-util or the

@@ -7,6 +7,7 @@ qaic-util, and the kubelet side only ever sees the generic view the app builds f
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -25,11 +26,34 @@ class Sku(enum.StrEnum):
 
 
 class SkuSource(enum.StrEnum):
-    """Which evidence decided a SoC's SKU (logged, so operators can tell a guess from a fact)."""
+    """Which evidence decided a SoC's SKU (logged and an NFD label, so operators can tell a
+    guess from a fact). Declared strongest first: `weakest()` relies on that order."""
 
-    QAIC_UTIL = "qaic-util"
-    OVERRIDE = "setting"
-    TOPOLOGY = "topology"
+    QAIC_UTIL = "qaic-util"  # the SoC's own firmware answer
+    OVERRIDE = "override"  # QAIC_SKU_OVERRIDES
+    SIBLING = "sibling"  # the firmware answer of another SoC behind the same on-card switch
+    TOPOLOGY = "topology"  # a guess: no firmware answer and no override
+
+    @classmethod
+    def weakest(cls, sources: Iterable[SkuSource]) -> SkuSource | None:
+        order = list(cls)
+        found = [order.index(s) for s in sources]
+        return order[max(found)] if found else None
+
+
+class CardEvidence(enum.StrEnum):
+    """Why a SoC's card grouping is believed. Only firmware (qaic-util) or the operator can
+    say that SoCs behind one PCIe switch are one multi-SoC card: four single-SoC cards behind
+    a server-board switch look exactly like an Ultra card in sysfs."""
+
+    ALONE = "alone"  # no other SoC behind its switch: its own card, nothing to prove
+    QAIC_UTIL = "qaic-util"  # firmware Sku Type (its own or an on-card sibling's)
+    OVERRIDE = "override"  # QAIC_SKU_OVERRIDES names the SKU
+    TOPOLOGY = "topology"  # grouped by a shared PCIe switch only: a guess
+
+    @property
+    def certain(self) -> bool:
+        return self is not CardEvidence.TOPOLOGY
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +65,13 @@ class Soc:
     pci_device: int  # PCI device id: 0xa100 (AIC100), 0xa080 (AIC080), 0xa110 (AIC200)
     numa_node: int | None  # None when sysfs says -1
     card_id: str  # PCI address of the on-card switch upstream port, or the SoC's own
-    qid: int  # index among the node's qaic PCI functions in PCI-address order
+    qid: int  # runtime QID: qaic-util's when known, else our PCI-address-order count
+    card_evidence: CardEvidence = CardEvidence.ALONE  # discovery: ALONE or TOPOLOGY
+
+    @property
+    def card_certain(self) -> bool:
+        """May the plugin vouch that this SoC's card grouping is real (QAIC_MULTI_SOC_POLICY)?"""
+        return self.card_evidence.certain
 
     @property
     def accel_name(self) -> str:

@@ -7,6 +7,10 @@ prefix, a name of at most 63 characters of `[A-Za-z0-9._-]` that begins and ends
 alphanumeric, and a value of the same form (or empty). `kubernetes.io` namespaces are denied
 by nfd-master, so we use `qualcomm.com/`, the domain of our resource names.
 
+`sku-source` is the weakest evidence behind any SoC's SKU on the node (qaic-util > override >
+sibling > topology), so `topology` tells a scheduler or an operator that the SKU labels (and
+resources) are guesses: no qaic-util answered and no override named the SoC.
+
 Labels describe hardware and driver, never health: SoC counts include SoCs that are being
 reset, so labels do not churn while health flips (kubelet's device health covers that).
 
@@ -26,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .inventory import NodeState
+from .model import SkuSource
 from .resources import BASE, DOMAIN
 
 log = logging.getLogger(__name__)
@@ -82,10 +87,13 @@ def labels(state: NodeState, dev_root: Path) -> dict[str, str]:
     sku_socs: dict[str, int] = defaultdict(int)
     sku_cards: dict[str, set[str]] = defaultdict(set)
     for s in state.socs:
-        cards.add(s.soc.card_id)
+        # a grouping only PCIe topology suggests is not counted as one card (it is offered
+        # as single SoCs too); firmware or an override makes it one
+        card = s.soc.card_id if s.soc.card_certain else s.soc.pci_address
+        cards.add(card)
         sku = s.sku.sku.value
         sku_socs[sku] += 1
-        sku_cards[sku].add(s.soc.card_id)
+        sku_cards[sku].add(card)
     out = {
         f"{PREFIX}.present": "true",
         f"{PREFIX}.driver": ACCEL,
@@ -96,6 +104,9 @@ def labels(state: NodeState, dev_root: Path) -> dict[str, str]:
         out[f"{PREFIX}.sku.{sku}"] = "true"
         out[f"{PREFIX}.sku.{sku}.socs"] = str(sku_socs[sku])
         out[f"{PREFIX}.sku.{sku}.cards"] = str(len(sku_cards[sku]))
+    weakest = SkuSource.weakest(s.sku.source for s in state.socs)
+    if weakest is not None:
+        out[f"{PREFIX}.sku-source"] = weakest.value
     return out
 
 

@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .model import QaicUtilEntry
 
@@ -28,6 +30,17 @@ _MAX_OUTPUT = 4 * 1024 * 1024  # a node's worth of blocks is a few KiB; anything
 
 class QaicUtilError(RuntimeError):
     """qaic-util could not tell us anything (missing, hung, crashed or printed nonsense)."""
+
+
+class QaicUtilUnusable(QaicUtilError):
+    """qaic-util cannot run here at all (exec failed, or the dynamic loader or interpreter gave
+    up before its main: a missing shared library), as opposed to one failed run."""
+
+
+# The dynamic loader exits 127 with this when a shared library is missing; a shebang script
+# whose interpreter is missing gets 127 from env(1), and 126 means "found, cannot execute".
+_LOADER_FAILURE = "error while loading shared libraries"
+_CANNOT_START = (126, 127)
 
 
 def _entry(qid: int, fields: dict[str, str]) -> QaicUtilEntry | None:
@@ -84,26 +97,105 @@ def parse_qaic_util(text: str) -> list[QaicUtilEntry]:
     return entries
 
 
-def _executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
+def candidates(configured: str | None, search_path: str | None, default: str) -> list[str]:
+    """Where qaic-util may be, in order: the configured path, $PATH, the SDK's install path."""
+    out = [configured] if configured else []
+    found = shutil.which("qaic-util", path=search_path)
+    out += [found] if found else []
+    out.append(default)
+    return list(dict.fromkeys(out))
 
 
-def find_qaic_util(configured: str | None) -> str | None:
-    """Locate qaic-util: the configured path, then $PATH, then the SDK's install location."""
-    if configured:
-        if _executable(configured):
-            return configured
-        log.warning(
-            "configured qaic-util %s is not an executable file; searching elsewhere",
-            configured,
-            extra={"event": "qaic_util_not_executable", "path": configured},
-        )
-    found = shutil.which("qaic-util")
-    if found:
-        return found
-    if _executable(DEFAULT_PATH):
-        return DEFAULT_PATH
+def _not_runnable(path: str) -> str | None:
+    """Why `path` cannot even be tried, or None."""
+    if not os.path.lexists(path):
+        return "not found"
+    if not os.path.isfile(path):
+        return "not a regular file (or a dangling link)"
+    if not os.access(path, os.X_OK):
+        return "not executable"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The outcome of looking for a usable qaic-util."""
+
+    path: str | None  # the usable one, or None
+    tried: tuple[tuple[str, str], ...]  # (path, why it is not usable), in search order
+    entries: list[QaicUtilEntry] | None = None  # the probe run's answer (None: that run failed)
+    error: str | None = None  # why the probe run of a usable qaic-util failed
+
+
+async def probe_qaic_util(paths: Sequence[str], timeout: float) -> Probe:
+    """Try each candidate once: the first that runs wins. A run that fails after the program
+    started (hang, crash, bad output) still means the tool is there: one bad run of a wedged
+    device is not a missing tool, and its failures get logged per poll instead."""
+    tried: list[tuple[str, str]] = []
+    for path in paths:
+        why = _not_runnable(path)
+        if why is not None:
+            tried.append((path, why))
+            continue
+        try:
+            entries = await query_qaic_util(path, timeout)
+        except QaicUtilUnusable as e:
+            tried.append((path, str(e)))
+            continue
+        except QaicUtilError as e:
+            return Probe(path, tuple(tried), None, str(e))
+        return Probe(path, tuple(tried), entries)
+    return Probe(None, tuple(tried))
+
+
+class QaicUtilFinder:
+    """Finds a usable qaic-util and says once, at warning level, what its absence costs.
+
+    Called again while there is none (each health poll): the SDK may be installed, or the
+    mount fixed, after the plugin started. Only a change is logged: usable -> unusable warns
+    (with every path tried and why), unusable -> usable is an info line.
+    """
+
+    def __init__(
+        self, configured: str | None, *, search_path: str | None = None, default: str = DEFAULT_PATH
+    ) -> None:
+        self.configured = configured
+        self.search_path = search_path
+        self.default = default
+        self.usable: bool | None = None  # None until the first probe
+
+    async def find(self, timeout: float) -> Probe:
+        probe = await probe_qaic_util(
+            candidates(self.configured, self.search_path, self.default), timeout
+        )
+        if probe.path is None:
+            self.unusable(probe.tried)
+        else:
+            if self.usable is False:
+                log.info(
+                    "qaic-util usable now: SKUs from firmware, Status health signal on",
+                    extra={"event": "qaic_util_found", "path": probe.path},
+                )
+            self.usable = True
+        return probe
+
+    def unusable(self, tried: Sequence[tuple[str, str]]) -> None:
+        """Say (once per loss) that there is no usable qaic-util, and what that means."""
+        if self.usable is False:
+            return
+        self.usable = False
+        where = "; ".join(f"{path}: {why}" for path, why in tried)
+        log.warning(
+            "no usable qaic-util (%s): SKUs are guesses (every SoC Standard unless "
+            "QAIC_SKU_OVERRIDES names it), multi-SoC cards are unproven, and the qaic-util "
+            "Status health signal and PreStart Status check are off. Mount the host's "
+            "Platform SDK (/opt/qti-aic) into the plugin or set QAIC_UTIL_PATH",
+            where,
+            extra={
+                "event": "qaic_util_unusable",
+                "tried": [{"path": path, "reason": why} for path, why in tried],
+            },
+        )
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -142,7 +234,13 @@ async def query_qaic_util(path: str, timeout: float) -> list[QaicUtilEntry]:
             start_new_session=True,
         )
     except OSError as exc:
-        raise QaicUtilError(f"cannot run {path} -q: {exc}") from exc
+        # ENOENT for a file that exists: its ELF interpreter (ld-linux for its arch) is missing
+        hint = (
+            " (wrong architecture, or its dynamic loader is missing?)"
+            if os.path.exists(path)
+            else ""
+        )
+        raise QaicUtilUnusable(f"cannot execute: {exc.strerror or exc}{hint}") from exc
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -152,9 +250,12 @@ async def query_qaic_util(path: str, timeout: float) -> list[QaicUtilEntry]:
         await _reap(proc)  # cancelled: never leave the tool running behind us
         raise
     rc = proc.returncode
+    err = _tail(stderr)
+    if rc in _CANNOT_START or _LOADER_FAILURE in err:
+        raise QaicUtilUnusable(f"exited {rc} before running: {err or 'no error output'}")
     if rc != 0:
         how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited {rc}"
-        raise QaicUtilError(f"{path} -q {how}: {_tail(stderr) or 'no error output'}")
+        raise QaicUtilError(f"{path} -q {how}: {err or 'no error output'}")
     if len(stdout) > _MAX_OUTPUT:
         raise QaicUtilError(f"{path} -q printed {len(stdout)} bytes; refusing to parse")
     text = stdout.decode("utf-8", errors="replace")

@@ -2,8 +2,9 @@
 
 PCI ids cannot tell Standard from Pro from Ultra (they all are 17cb:a100); only the card's
 firmware can, through `qaic-util`'s `Sku Type:` line. When that is missing (tool absent,
-SoC not Ready) we fall back to a sibling SoC's answer and then to the PCIe topology, and an
-operator can always pin a SoC's SKU by PCI address.
+SoC not Ready) we fall back to an on-card sibling's answer and then to a guess (Standard),
+and an operator can always pin a SoC's SKU by PCI address. `cards.py` then decides which
+card groupings that evidence proves.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ SKU_TYPES: Mapping[str, Sku | None] = {
     "PCIe 080": Sku.AI080,
     "PCIe Ultra 080": Sku.ULTRA_080,
 }
+
+#: SKUs whose card carries several SoCs behind an on-card PCIe switch.
+MULTI_SOC_SKUS: frozenset[Sku] = frozenset({Sku.ULTRA, Sku.ULTRA_PLUS, Sku.ULTRA_080})
 
 #: The `Sku Type:` text qaic-util prints for each SKU (used by the simulated node).
 SKU_TYPE_TEXT: Mapping[Sku, str] = {sku: text for text, sku in SKU_TYPES.items() if sku}
@@ -61,14 +65,6 @@ def parse_sku(text: str) -> Sku:
     raise ValueError(f"unknown SKU {text!r}; accepted: {accepted}")
 
 
-def _is_multi_soc_card(soc: Soc, socs: Sequence[Soc]) -> bool:
-    # discovery gives a lone SoC its own address as card id, so a differing card id already
-    # means "behind an on-card switch", even when the siblings have no accel node right now.
-    if soc.card_id != soc.pci_address:
-        return True
-    return sum(1 for other in socs if other.card_id == soc.card_id) > 1
-
-
 def resolve_skus(
     socs: Sequence[Soc],
     qaic_util: Sequence[QaicUtilEntry] | None,
@@ -76,8 +72,12 @@ def resolve_skus(
 ) -> dict[str, SkuDecision]:
     """Decide each SoC's SKU, keyed by PCI address.
 
-    Precedence: operator override > qaic-util for this SoC > qaic-util for a SoC on the same
-    card (a SoC that is not Ready prints no Sku Type) > topology (multi-SoC card = Ultra).
+    Precedence: operator override > qaic-util for this SoC > qaic-util for another SoC behind
+    the same switch saying a multi-SoC SKU (a SoC that is not Ready prints no Sku Type; an
+    Ultra's on-card switch holds only its own SoCs) > the guess: Standard, for a lone SoC and
+    for SoCs that only share a switch alike. A switch cannot tell an Ultra card from single-SoC
+    cards behind a server-board switch, and offering four Standard cards as `qaic-ultra`
+    would promise P2P on one card that does not exist; the reverse only under-sells.
     """
     norm_overrides = {pci.strip().lower(): sku for pci, sku in overrides.items()}
     util_sku: dict[str, Sku] = {}
@@ -86,11 +86,12 @@ def resolve_skus(
         if sku is not None:
             util_sku[entry.pci_address.strip().lower()] = sku
 
-    # per card: the SKUs qaic-util reported for its SoCs, in PCI-address order
+    # per candidate card: the multi-SoC SKUs qaic-util reported for its SoCs, in PCI order
     card_skus: dict[str, list[Sku]] = {}
     for soc in sorted(socs, key=lambda s: s.pci_address):
-        if soc.pci_address in util_sku:
-            card_skus.setdefault(soc.card_id, []).append(util_sku[soc.pci_address])
+        sku = util_sku.get(soc.pci_address)
+        if sku in MULTI_SOC_SKUS and soc.card_id != soc.pci_address:
+            card_skus.setdefault(soc.card_id, []).append(sku)
 
     decisions: dict[str, SkuDecision] = {}
     for soc in socs:
@@ -103,8 +104,7 @@ def resolve_skus(
             siblings = card_skus[soc.card_id]
             # siblings of one card should agree; if firmware disagrees, the majority wins
             best = max(set(siblings), key=lambda s: (siblings.count(s), -siblings.index(s)))
-            decisions[pci] = SkuDecision(best, SkuSource.QAIC_UTIL)
+            decisions[pci] = SkuDecision(best, SkuSource.SIBLING)
         else:
-            sku = Sku.ULTRA if _is_multi_soc_card(soc, socs) else Sku.STANDARD
-            decisions[pci] = SkuDecision(sku, SkuSource.TOPOLOGY)
+            decisions[pci] = SkuDecision(Sku.STANDARD, SkuSource.TOPOLOGY)
     return decisions

@@ -39,8 +39,10 @@ async def run(workdir: Path, sku_mode: bool) -> int:
     _say(f"sysfs {node.sysfs_root}, /dev {node.dev_root}, qaic-util {node.qaic_util_path}")
     _say(f"{'PCI address':14} {'accel':7} {'QID':>3}  {'SKU':6} {'NUMA':>4}  card")
     for s in node.socs:
-        _say(f"{s.pci_address:14} accel{s.accel_index:<2} {s.qid:>3}  {s.sku.value:6} "
-             f"{s.numa_node:>4}  {s.card_id}")
+        _say(
+            f"{s.pci_address:14} accel{s.accel_index:<2} {s.qid:>3}  {s.sku.value:6} "
+            f"{s.numa_node:>4}  {s.card_id}"
+        )
     _say(f"(accel0 is an Intel NPU at {node.foreign_pci}: another driver's device)")
 
     env = node_env(node, plugin_dir)
@@ -49,28 +51,38 @@ async def run(workdir: Path, sku_mode: bool) -> int:
     log_path = workdir / "plugin.log"
     async with KubeletSim(plugin_dir) as kubelet:
         _say("\n== Starting qaic-device-plugin (the real console script) ==")
-        _say("env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items())
-                                 if k.startswith("QAIC_SKU")))
+        _say(
+            "env: "
+            + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("QAIC_SKU"))
+        )
         t0 = time.monotonic()
         plugin = PluginProcess(env, log_path)
         await plugin.start()
         try:
             expected = (
-                {"qualcomm.com/qaic-ultra": 8, "qualcomm.com/qaic-std": 1,
-                 "qualcomm.com/qaic-pro": 1}
-                if sku_mode else {"qualcomm.com/qaic": 10}
+                {
+                    "qualcomm.com/qaic-ultra": 8,
+                    "qualcomm.com/qaic-std": 1,
+                    "qualcomm.com/qaic-pro": 1,
+                }
+                if sku_mode
+                else {"qualcomm.com/qaic": 10}
             )
             for name, count in expected.items():
                 await kubelet.wait_devices(name, healthy=count, timeout=20)
             first = min(r.at for r in kubelet.registrations)
-            _say(f"registered {len(kubelet.registrations)} resource(s); "
-                 f"process start -> first Register: {_ms(first - t0)}")
+            _say(
+                f"registered {len(kubelet.registrations)} resource(s); "
+                f"process start -> first Register: {_ms(first - t0)}"
+            )
 
             _say("\n== What kubelet sees (ListAndWatch) ==")
             for name in sorted(kubelet.resources):
                 view = kubelet.resources[name]
-                _say(f"{name}: {len(view.healthy)} healthy, {len(view.unhealthy)} unhealthy; "
-                     f"preferred allocation: {view.options.get_preferred_allocation_available}")
+                _say(
+                    f"{name}: {len(view.healthy)} healthy, {len(view.unhealthy)} unhealthy; "
+                    f"preferred allocation: {view.options.get_preferred_allocation_available}"
+                )
                 for dev in sorted(view.health):
                     _say(f"   {dev}  {view.health[dev]:9}  NUMA {list(view.numa.get(dev, ()))}")
 
@@ -90,8 +102,10 @@ async def run(workdir: Path, sku_mode: bool) -> int:
             _say("Allocate ->")
             for d in c.devices:
                 _say(f"   DeviceSpec {d.container_path} (host {d.host_path}, {d.permissions})")
-            _say(f"   QAIC_VISIBLE_DEVICES={c.envs['QAIC_VISIBLE_DEVICES']} "
-                 "(runtime QIDs, not accel numbers)")
+            _say(
+                f"   QAIC_VISIBLE_DEVICES={c.envs['QAIC_VISIBLE_DEVICES']} "
+                "(runtime QIDs, not accel numbers)"
+            )
 
             victim = chosen[0]
             _say(f"\n== /dev/accel/accel{socs[victim].accel_index} disappears ({victim}) ==")
@@ -123,27 +137,37 @@ async def run(workdir: Path, sku_mode: bool) -> int:
                 lambda k: len(k.registrations) >= before + len(expected), timeout=10
             )
             latest = max(r.at for r in kubelet.registrations[before:])
-            _say(f"all {len(expected)} resource(s) re-registered "
-                 f"{_ms(latest - started)} after kubelet came back")
+            _say(
+                f"all {len(expected)} resource(s) re-registered "
+                f"{_ms(latest - started)} after kubelet came back"
+            )
             for name, count in expected.items():
                 await kubelet.wait_devices(name, healthy=count)
-            _say("devices listed again: " + ", ".join(
-                f"{n} x{len(kubelet.resources[n].healthy)}" for n in sorted(expected)))
+            _say(
+                "devices listed again: "
+                + ", ".join(f"{n} x{len(kubelet.resources[n].healthy)}" for n in sorted(expected))
+            )
         finally:
             _say("\n== SIGTERM ==")
             t = time.monotonic()
             code = await plugin.stop()
             left = sorted(p.name for p in plugin_dir.iterdir() if p.name != "kubelet.sock")
-            _say(f"plugin exited {code} in {_ms(time.monotonic() - t)}; "
-                 f"sockets left behind: {left or 'none'}")
+            _say(
+                f"plugin exited {code} in {_ms(time.monotonic() - t)}; "
+                f"sockets left behind: {left or 'none'}"
+            )
             _say(f"plugin log: {log_path}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qaic_device_plugin.sim.demo")
-    parser.add_argument("--sku-mode", choices=["on", "off"], default="on",
-                        help="QAIC_SKU_BASED_RESOURCE_ENABLED for the demo (default on)")
+    parser.add_argument(
+        "--sku-mode",
+        choices=["on", "off"],
+        default="on",
+        help="QAIC_SKU_BASED_RESOURCE_ENABLED for the demo (default on)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the simulated node directory")
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="qaic-demo-") if args.keep else None

@@ -201,6 +201,7 @@ class FakeNode:
         self.ras = ras
         self.device_node_kind: Literal["char", "file"] | None = None  # decided by write()
         self.qaic_util_mode: str | None = None
+        self.qaic_util_qid_order: list[str] | None = None  # None: PCI-address order
         self.written = False
         self._hosts: dict[int, _Host] = {}
         self._cards: list[CardSpec] = []
@@ -525,7 +526,11 @@ class FakeNode:
                     "nsp_total": nsp,
                 }
             )
-        return {"mode": self.qaic_util_mode, "devices": devices}
+        return {
+            "mode": self.qaic_util_mode,
+            "qid_order": self.qaic_util_qid_order,
+            "devices": devices,
+        }
 
     def _save_state(self) -> None:
         if self.written:
@@ -545,10 +550,18 @@ class FakeNode:
         self._save_state()
 
     def set_qaic_util_mode(self, mode: str | None) -> None:
-        """Make the fake qaic-util hang, print garbage or crash (env FAKE_QAIC_UTIL_MODE wins)."""
-        if mode not in (None, "hang", "garbage", "crash"):
+        """Make the fake qaic-util hang, print garbage or crash, or fail as a binary whose
+        shared library is missing does ("nolib": the loader's message, exit 127);
+        env FAKE_QAIC_UTIL_MODE wins."""
+        if mode not in (None, "hang", "garbage", "crash", "nolib"):
             raise ValueError(f"unknown qaic-util mode {mode!r}")
         self.qaic_util_mode = mode
+        self._save_state()
+
+    def set_qaic_util_qid_order(self, order: Sequence[str] | None) -> None:
+        """Make the fake qaic-util number SoCs in this PCI-address order (unlisted ones follow
+        in PCI order), as a runtime that sorts differently from us would; None: PCI order."""
+        self.qaic_util_qid_order = list(order) if order is not None else None
         self._save_state()
 
     def set_dbc_state(self, pci: str, dbc: int, state: int | str) -> None:
@@ -704,7 +717,8 @@ class FakeNode:
 QAIC_UTIL_SCRIPT = r'''#!/usr/bin/env python3
 """Fake qaic-util for the simulated node: prints `qaic-util -q` from the state file beside it.
 
-Env FAKE_QAIC_UTIL_MODE=hang|garbage|crash (or "mode" in the state file) injects faults.
+Env FAKE_QAIC_UTIL_MODE=hang|garbage|crash|nolib (or "mode" in the state file) injects
+faults; "qid_order" in the state file numbers the SoCs in another order.
 """
 import json
 import os
@@ -767,10 +781,20 @@ def main(argv):
     if mode == "hang":
         while True:
             time.sleep(3600)
+    if mode == "nolib":
+        sys.stderr.write(
+            "%s: error while loading shared libraries: libpci.so.3: cannot open shared "
+            "object file: No such file or directory\n" % sys.argv[0]
+        )
+        return 127
     if mode == "garbage":
         sys.stdout.buffer.write(b"\x00\xffqaic: \x1b[31mgarbage QID x\n\tStatus\n:::\n\xfe\n")
         return 0
     devices = sorted(state["devices"], key=lambda d: d["pci_address"])
+    order = state.get("qid_order")
+    if order:
+        rank = {pci: i for i, pci in enumerate(order)}
+        devices.sort(key=lambda d: (rank.get(d["pci_address"], len(rank)), d["pci_address"]))
     if only is not None and not 0 <= only < len(devices):
         sys.stderr.write("qaic-util: no device with QID %d\n" % only)
         return 1
@@ -787,6 +811,21 @@ def main(argv):
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 '''
+
+
+def runtime_decimal_order(addresses: Sequence[str]) -> list[str]:
+    """PCI addresses in the order the open-source QAic runtime numbers QIDs: libpci's devices
+    keyed by `"%04d%02d%02d%02d" % (domain, bus, dev, fn)` in a std::map, i.e. DECIMAL fields
+    compared as text, which departs from PCI-address order once a bus number reaches 0x64
+    (quic/software-kit-for-qualcomm-cloud-ai-100, lib/runtime-platform/src/os/linux/QOsal.cpp,
+    enumAicDevices). For tests of the QID cross-check."""
+
+    def key(pci: str) -> str:
+        dom, bus, rest = pci.split(":")
+        dev, fn = rest.split(".")
+        return f"{int(dom, 16):04d}{int(bus, 16):02d}{int(dev, 16):02d}{int(fn, 16):02d}"
+
+    return sorted(addresses, key=key)
 
 
 # ----- CLI --------------------------------------------------------------------------------
