@@ -176,6 +176,20 @@ class Settings(BaseSettings):
     cdi_dir: Path = _setting(
         "QAIC_CDI_DIR", Path("/var/run/cdi"), "where the CDI spec is written", "a directory path"
     )
+    pod_resources_socket: Path = _setting(
+        "QAIC_POD_RESOURCES_SOCKET",
+        Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        "kubelet's PodResources API socket: which SoCs running pods hold (optional; without "
+        "it a SoC held under a former resource name or device ID looks free)",
+        "a socket path",
+    )
+    state_file: Path | None = _setting(
+        "QAIC_STATE_FILE",
+        None,
+        "where RAS cool-downs and learned SKUs are kept across plugin restarts "
+        "(default: <QAIC_DEVICE_PLUGIN_DIR>/qaic/state.json)",
+        "a file path",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting(
         "QAIC_LOG_LEVEL", "info", "log level", "one of debug, info, warning, error"
     )
