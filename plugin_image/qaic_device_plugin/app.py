@@ -139,6 +139,7 @@ class App:
     async def refresh(self) -> NodeState:
         state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
         state = self.held.apply(state)
+        self.saved.save()  # before kubelet sees what the file must carry over a restart
         before = self.state.by_pci() if self.state else {}
         for s in state.socs:
             old = before.get(s.soc.pci_address)
@@ -172,7 +173,6 @@ class App:
             await self.resources.pop(name).close()
         await self.manager.set_backends({n: self.resources[n] for n in groups})
         self._wake_at_cooldown_end()
-        self.saved.save()
         self.metrics.observe_state(self.state, state, groups)
         if self.nfd is not None:
             self.nfd.update(state, self.settings.dev_root)
