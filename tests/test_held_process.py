@@ -145,12 +145,18 @@ async def test_a_soc_held_under_the_current_name_and_id_stays_healthy(
     pod_resources: PodResourcesSim,
 ) -> None:
     """Kubelet already counts it as allocated: nothing to protect, and no polling needed."""
-    x = node.socs[0].pci_address
+    x, y = node.socs[0].pci_address, node.socs[1].pci_address
     pod_resources.set_held([ContainerDevices("ns", "p", "c", QAIC, (x,))])
-    plugin = await start_plugin(QAIC_POD_RESOURCES_SOCKET=str(pod_resources.socket))
+    plugin = await start_plugin(QAIC_POD_RESOURCES_SOCKET=str(pod_resources.socket), **FAST)
     await kubelet.wait_devices(QAIC, healthy=10)
-    assert plugin.events("soc_held_elsewhere") == []
+    # Two resync ticks at least (a dbc-state change is seen only by the rescan) ...
+    node.set_dbc_state(y, 9, 3)
+    await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    node.set_dbc_state(y, 9, 5)
+    await kubelet.wait_devices(QAIC, healthy=10, timeout=5)
+    # ... and PodResources was asked once, at start.
     assert pod_resources.calls == 1
+    assert plugin.events("soc_held_elsewhere") == []
 
 
 async def test_pod_resources_unavailable_is_said_once_and_nothing_is_held(

@@ -18,7 +18,9 @@ from .api import podresources_v1_pb2 as pb
 from .api import podresources_v1_pb2_grpc as pb_grpc
 
 DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-DEFAULT_TIMEOUT_SECONDS = 5.0
+# The plugin asks before its first registration: a hung kubelet must not hold that up long.
+# kubelet answers List from memory, in milliseconds.
+DEFAULT_TIMEOUT_SECONDS = 2.0
 # kubelet's own PodResources clients allow 16 MiB (a busy node lists many pods); gRPC's
 # default 4 MiB would fail there.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
