@@ -19,10 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qaic_device_plugin.backend import device_ids
 from qaic_device_plugin.kubelet.feed import Feed
 from qaic_device_plugin.kubelet.server import PluginServer
 from qaic_device_plugin.kubelet.types import ContainerAllocation, Device, PluginOptions
+from qaic_device_plugin.qaic.resources import device_ids
 
 
 def soc_ids(socs: int) -> list[str]:

@@ -55,6 +55,14 @@ def test_precedence_flag_over_env_over_file(
     assert load(["--sku-based-resource-enabled=no"]).sku_based_resource_enabled is False
 
 
+def test_state_file_defaults_under_the_plugin_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load([]).state_file is None  # App: <plugin dir>/qaic/state.json
+    monkeypatch.setenv("QAIC_STATE_FILE", " ")
+    assert load([]).state_file is None
+    monkeypatch.setenv("QAIC_STATE_FILE", "/var/lib/qaic/state.json")
+    assert load([]).state_file == Path("/var/lib/qaic/state.json")
+
+
 def test_help_lists_every_setting_with_env_name_and_default() -> None:
     text = build_parser().format_help()
     for info in Settings.model_fields.values():
@@ -107,6 +115,16 @@ BAD = [
         {"QAIC_SKU_OVERRIDES": "{oops"},
         [],
         "invalid setting QAIC_SKU_OVERRIDES='{oops': not valid JSON",
+    ),
+    (
+        {"QAIC_POD_RESOURCES_SOCKET": ""},
+        [],
+        "invalid setting QAIC_POD_RESOURCES_SOCKET='': accepted: a socket path",
+    ),
+    (
+        {"QAIC_STATE_FILE": "/var/lib/qaic/"},
+        [],
+        "invalid setting QAIC_STATE_FILE='/var/lib/qaic/': accepted: a file path",
     ),
     (
         {"QAIC_CONFIG_FILE": "/nonexistent/plugin.yaml"},

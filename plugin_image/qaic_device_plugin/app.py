@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from .backend import QaicResource
+from .backend import HeldSocs, QaicResource
 from .fswatch import watch_directory
 from .kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
 from .kubelet.manager import PluginManager
@@ -29,6 +29,7 @@ from .qaic.model import QaicUtilEntry
 from .qaic.nfd import NfdFeatureFile
 from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
 from .qaic.resources import resource_name
+from .qaic.statefile import StateFile, default_state_file
 from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
 from .settings import Settings
 
@@ -40,7 +41,13 @@ EARLY_POLL_COALESCE_SECONDS = 0.25  # an early poll (udev event, new SoC) waits 
 
 
 class App:
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.inventory = Inventory(
@@ -51,6 +58,18 @@ class App:
             clock=clock,
         )
         self.metrics = Metrics()
+        self.saved = StateFile(
+            settings.state_file or default_state_file(settings.device_plugin_dir),
+            self.inventory,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self.held = HeldSocs(
+            settings.pod_resources_socket,
+            sku_mode=settings.sku_based_resource_enabled,
+            shares=settings.allowed_shares,
+            on_held=self.metrics.on_held_elsewhere,
+        )
         self.manager = PluginManager(
             settings.device_plugin_dir,
             observer=self.metrics,
@@ -128,6 +147,8 @@ class App:
 
     async def refresh(self) -> NodeState:
         state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
+        state = self.held.apply(state)
+        self.saved.save()  # before kubelet sees what the file must carry over a restart
         before = self.state.by_pci() if self.state else {}
         for s in state.socs:
             old = before.get(s.soc.pci_address)
@@ -235,6 +256,8 @@ class App:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            if self.held.any_held:  # kubelet has no event for a pod releasing it
+                await self.held.poll()
             self._dirty.set()
 
     def _wake_at_cooldown_end(self) -> None:
@@ -346,6 +369,8 @@ class App:
                 )
                 tasks.append(asyncio.create_task(http, name="metrics-http"))
             self._tasks = tasks
+            self.saved.restore()
+            await self.held.poll()  # before the first snapshot offers a held SoC as free
             await self.poll_qaic_util()
             await self.refresh()
             tasks += [asyncio.create_task(c, name=n) for n, c in self.loops().items()]

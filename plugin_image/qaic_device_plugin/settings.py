@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pydantic_settings
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -181,6 +181,20 @@ class Settings(BaseSettings):
     cdi_dir: Path = _setting(
         "QAIC_CDI_DIR", Path("/var/run/cdi"), "where the CDI spec is written", "a directory path"
     )
+    pod_resources_socket: Path = _setting(
+        "QAIC_POD_RESOURCES_SOCKET",
+        Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        "kubelet's PodResources API socket: which SoCs running pods hold (optional; without "
+        "it a SoC held under a former resource name or device ID looks free)",
+        "a socket path",
+    )
+    state_file: Path | None = _setting(
+        "QAIC_STATE_FILE",
+        None,
+        "where RAS cool-downs and learned SKUs are kept across plugin restarts "
+        "(default: <QAIC_DEVICE_PLUGIN_DIR>/qaic/state.json)",
+        "a file path",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting(
         "QAIC_LOG_LEVEL", "info", "log level", "one of debug, info, warning, error"
     )
@@ -209,6 +223,16 @@ class Settings(BaseSettings):
         bad = [k for k in v if not _PCI_ADDRESS.match(k)]
         if bad:  # a typo would otherwise silently override nothing
             raise ValueError(f"{bad[0]!r} is not a PCI address (domain:bus:device.function)")
+        return v
+
+    @field_validator("pod_resources_socket", "state_file", mode="before")
+    @classmethod
+    def _file_name(cls, v: object, info: ValidationInfo) -> object:
+        """Empty QAIC_STATE_FILE means the default; a directory is never a file name."""
+        if isinstance(v, str) and not v.strip() and info.field_name == "state_file":
+            return None
+        if isinstance(v, str) and (not v.strip() or v.rstrip().endswith("/")):
+            raise ValueError("not a file name")
         return v
 
     @field_validator("device_plugin_dir")

@@ -87,6 +87,12 @@ class Metrics(ManagerObserver):
             ["resource", "code"],
             registry=r,
         )
+        self.held_elsewhere = Gauge(
+            "qaic_socs_held_elsewhere",
+            "SoCs advertised Unhealthy because a running pod holds them under a resource name "
+            "or device ID no longer advertised (SKU mode, shares or an override changed)",
+            registry=r,
+        )
         self.kubelet_reaction = Histogram(
             "qaic_kubelet_reaction_seconds",
             "From kubelet.sock reappearing to the resource's re-registration",
@@ -149,6 +155,9 @@ class Metrics(ManagerObserver):
                     self.health_transitions.labels(signal.value, HEALTHY).inc()
         for u in new.unreadable:
             self.signal_unreadable(u.signal)
+
+    def on_held_elsewhere(self, socs: int) -> None:
+        self.held_elsewhere.set(socs)
 
     def signal_unreadable(self, signal: Signal) -> None:
         """A signal read outside the scan failed too (qaic-util): count it the same way."""

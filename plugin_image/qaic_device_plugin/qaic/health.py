@@ -12,7 +12,9 @@ The signals (upstream qaic driver, drivers/accel/qaic):
   (fatal) error, so the SoC is Unhealthy for a cool-down after the last one. `ue_nonfatal_count`
   ("uncorrectable, non-fatal, expect a disruption": no reset, the SoC keeps working) and
   `ce_count` are read and logged but never mark a SoC unhealthy;
-- qaic-util: `Status` other than Ready.
+- qaic-util: `Status` other than Ready;
+- held elsewhere (qaic/held.py): a running pod holds the SoC under a resource name or device
+  ID the plugin no longer advertises.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Signal(enum.StrEnum):
     DBC_STATE = "dbc-state"  # a sub-system is shutting down or powering up
     RAS = "ras"  # uncorrectable errors grew (cool-down)
     QAIC_UTIL = "qaic-util"  # Status other than Ready
+    HELD_ELSEWHERE = "held-elsewhere"  # a running pod holds it under an old name or ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +308,17 @@ class RasTracker:
 
     def forget(self, pci: str) -> None:
         self._seen.pop(pci, None)
+
+    def cooldowns(self) -> dict[str, float]:
+        """Running cool-downs: PCI address -> end (clock time)."""
+        return {
+            p: s.unhealthy_until for p, s in self._seen.items() if s.unhealthy_until is not None
+        }
+
+    def restore_cooldown(self, pci: str, until: float) -> None:
+        """Resume a cool-down from before a restart; the first reading becomes the baseline."""
+        if until > self._clock():
+            self._seen.setdefault(pci, _RasSeen(RasCounts())).unhealthy_until = until
 
     def next_expiry(self) -> float | None:
         """When the earliest running cool-down ends (clock time), if any."""

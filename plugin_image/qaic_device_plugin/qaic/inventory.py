@@ -184,6 +184,31 @@ class Inventory:
             else:
                 log.info("QIDs agree with qaic-util", extra={"event": "qid_match"})
         return [replace(s, qid=theirs.get(s.pci_address, s.qid)) for s in socs]
+    def learned_skus(self) -> dict[str, SkuDecision]:
+        """SKUs qaic-util named for SoCs present now (worth keeping across a restart; overrides
+        come from settings and topology is recomputed)."""
+        return {
+            p: d
+            for p, d in self._skus.items()
+            if p in self._known and d.source is SkuSource.QAIC_UTIL
+        }
+
+    def restore_skus(self, learned: Mapping[str, SkuDecision]) -> None:
+        """SKUs learned before a restart: kept, like any fact, until qaic-util or an override
+        says otherwise (so a restart while qaic-util cannot answer does not flip resources)."""
+        for pci, decision in learned.items():
+            if pci not in self._skus:
+                self._skus[pci] = decision
+                log.info(
+                    "SKU decided",
+                    extra={
+                        "event": "sku",
+                        "pci": pci,
+                        "sku": decision.sku.value,
+                        "source": decision.source.value,
+                        "restored": True,
+                    },
+                )
 
     def _decide_skus(self, socs: Sequence[Soc], qaic_util: Sequence[QaicUtilEntry] | None) -> None:
         """Decide SKUs, but never let a guess replace a fact: a SoC that qaic-util or the

@@ -38,6 +38,8 @@ def node_env(
     }
     # Without qaic-util: a path that does not exist, so PATH and /opt are not searched either.
     env["QAIC_UTIL_PATH"] = str(node.qaic_util_path) if qaic_util else str(node.root / "absent")
+    # Never the host's kubelet: a PodResources socket only where a test serves one.
+    env["QAIC_POD_RESOURCES_SOCKET"] = str(node.root / "pod-resources" / "kubelet.sock")
     return env
 
 
