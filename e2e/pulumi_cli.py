@@ -6,7 +6,9 @@
 - ``PULUMI_HOME`` and the ``file://`` backend are scratch directories of the caller;
 - the repo's virtualenv is activated through ``VIRTUAL_ENV``/``PATH`` (the language host
   built here ignores ``runtime.options.virtualenv``);
-- ``PULUMI_CONFIG_PASSPHRASE`` is the one given (stacks here: see docs/provisioning.md).
+- ``PULUMI_CONFIG_PASSPHRASE`` is the one given (stacks here: see docs/provisioning.md);
+- no cluster unless asked: the caller's ``KUBECONFIG`` is dropped and ``HOME`` is a scratch
+  dir (no ~/.kube/config); pass ``extra_env={"KUBECONFIG": ...}`` for a test cluster.
 
 Nothing here depends on pytest, so the cluster tests and scripts can reuse it.
 """
@@ -55,6 +57,7 @@ class PulumiCli:
         self.home = self.scratch / "pulumi-home"
         self.backend = self.scratch / "backend"
         self.home.mkdir(parents=True, exist_ok=True)
+        (self.scratch / "home").mkdir(parents=True, exist_ok=True)
         self.backend.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -62,11 +65,13 @@ class PulumiCli:
         path = [str(p) for p in tool_bins(self.tools)] + [str(self.venv / "bin")]
         env = {
             k: v for k, v in os.environ.items()
-            if not k.startswith("PULUMI_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+            if not k.startswith("PULUMI_")
+            and k not in ("VIRTUAL_ENV", "PYTHONPATH", "KUBECONFIG", "HOME")
         }
         env.update({
             "PATH": os.pathsep.join([*path, os.environ.get("PATH", "/usr/bin:/bin")]),
             "VIRTUAL_ENV": str(self.venv),
+            "HOME": str(self.scratch / "home"),
             "PULUMI_HOME": str(self.home),
             "PULUMI_BACKEND_URL": f"file://{self.backend}",
             "PULUMI_SKIP_UPDATE_CHECK": "true",

@@ -112,7 +112,8 @@ def _check_combinations(stack: str, s: StackSettings, secrets: set[str] | frozen
                    "and load locally, or build every platform and push)")
     if s.image_ref and (s.push or s.load_image):
         key = "push" if s.push else "loadImage"
-        raise fail(key, "true", "conflicts with 'qaic-k8s:imageRef' (a pinned image skips the build)")
+        raise fail(key, "true",
+                   "conflicts with 'qaic-k8s:imageRef' (a pinned image skips the build)")
     if bool(s.registry_username) != bool(s.registry_password):
         key = "registryUsername" if s.registry_username else "registryPassword"
         value = s.registry_username or "<redacted>"

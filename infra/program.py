@@ -86,16 +86,22 @@ def run(settings: StackSettings | None = None) -> Program:
     return Program(s, provider, image, plugin, workloads, outputs)
 
 
-def main() -> Program:
-    """Entry point used by ``infra/__main__.py``: one-line errors, then exports.
+#: The exit status by which a Python program tells the language host that it has already
+#: shown the user an actionable error (pulumi-language-python-exec uses it the same way), so
+#: the CLI adds no "an unhandled error occurred: program exited with non-zero exit code".
+#: Raising pulumi.RunError would print the message without a traceback but exit 1, and the
+#: CLI then adds that second line.
+SHOWN_ERROR_EXIT = 32
 
-    A :class:`pulumi.RunError` is how a Python program ends with just its message: the SDK
-    prints it as one error line, without a traceback, and tells the CLI so through its exit
-    status, so the CLI adds no "an unhandled error occurred" line of its own."""
+
+def main() -> Program:
+    """Entry point used by ``infra/__main__.py``: a config error ends the program with its
+    one line and nothing else (see :data:`SHOWN_ERROR_EXIT`); otherwise the exports."""
     try:
         program = run()
     except ConfigError as exc:
-        raise pulumi.RunError(str(exc)) from None
+        pulumi.log.error(str(exc))
+        raise SystemExit(SHOWN_ERROR_EXIT) from None
     for key, value in program.outputs.items():
         pulumi.export(key, value)
     return program

@@ -34,12 +34,13 @@ SHOW = (
     'echo "QAIC_VISIBLE_DEVICES=${QAIC_VISIBLE_DEVICES:-}"; ls -l /dev/accel; '
     f"if [ -x {QAIC_UTIL} ]; then {QAIC_UTIL} -q; fi"
 )
-STAY = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"
+TRAP = "trap 'exit 0' TERM"
+LOOP = "while true; do sleep 1 & wait $!; done"
 
 
 def show_command(stay: bool) -> list[str]:
     """``sh -c`` that shows the SoCs given; ``stay`` keeps it running until SIGTERM."""
-    return ["/bin/sh", "-c", f"{SHOW}; {STAY}" if stay else SHOW]
+    return ["/bin/sh", "-c", f"{TRAP}; {SHOW}; {LOOP}" if stay else SHOW]
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,14 @@ def test_main_exports_outputs_and_turns_config_errors_into_one_line(
                              "daemonSetName", "skuBasedResources", "resourceNames",
                              "workloads", "renderYamlDir"}
     pulumi.runtime.set_all_config({**config, "qaic-k8s:push": "true"}, secrets)
-    with pytest.raises(pulumi.RunError, match=r"^stack 'dev': 'qaic-k8s:push' is 'true', which"):
+    logged: list[str] = []
+    monkeypatch.setattr(pulumi.log, "error", lambda msg, *a, **k: logged.append(msg))
+    with pytest.raises(SystemExit) as info:
         program.main()
+    # 32: "already shown to the user", so the CLI adds no "unhandled error" line (tests/e2e)
+    assert info.value.code == program.SHOWN_ERROR_EXIT == 32
+    (line,) = logged
+    assert line.startswith("stack 'dev': 'qaic-k8s:push' is 'true', which needs")
 
 
 def test_config_errors_stop_before_any_resource_is_declared() -> None:
