@@ -13,7 +13,7 @@ demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubele
 test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not e2e"
 
 $(STAMP): pyproject.toml package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import pulumi_kubernetes as k8s
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.components.image import PluginImage, PluginImageArgs
 from infra.components.workloads import Workloads, WorkloadsArgs
+from infra.config import ConfigError, settings_from_pulumi
 from infra.image_spec import REPO_ROOT, git_sha, load_image_spec, read_version
-from infra.settings import PROJECT, StackSettings, settings_from_pulumi
+from infra.settings import PROJECT, StackSettings
 
 
 @dataclass
@@ -28,12 +28,11 @@ class Program:
     outputs: dict[str, object] = field(default_factory=dict)
 
 
-def render_dir(settings: StackSettings) -> str:
-    """Relative render paths are taken from the repo root (where Pulumi.yaml lives)."""
-    path = Path(settings.render_yaml_dir)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    return os.path.relpath(path, Path.cwd())
+def render_dir(settings: StackSettings, root: Path = REPO_ROOT) -> str:
+    """An absolute path: a relative ``renderYamlDir`` is taken from the repo root (where
+    Pulumi.yaml lives). The provider keeps this path in its state and resolves it in its
+    own working directory, so a relative path would depend on where the CLI ran things."""
+    return str((root / settings.render_yaml_dir).resolve())
 
 
 def kubernetes_provider(settings: StackSettings) -> k8s.Provider:
@@ -59,6 +58,7 @@ def run(settings: StackSettings | None = None) -> Program:
         registry_username=s.registry_username,
         registry_password=password,
         build_on_preview=s.build_on_preview,
+        load=s.load_image,
     ))
 
     provider = kubernetes_provider(s)
@@ -86,14 +86,22 @@ def run(settings: StackSettings | None = None) -> Program:
     return Program(s, provider, image, plugin, workloads, outputs)
 
 
-def main() -> Program:
-    """Entry point used by ``infra/__main__.py``: one-line errors, then exports."""
-    from infra.settings import ConfigError
+#: The exit status by which a Python program tells the language host that it has already
+#: shown the user an actionable error (pulumi-language-python-exec uses it the same way), so
+#: the CLI adds no "an unhandled error occurred: program exited with non-zero exit code".
+#: Raising pulumi.RunError would print the message without a traceback but exit 1, and the
+#: CLI then adds that second line.
+SHOWN_ERROR_EXIT = 32
 
+
+def main() -> Program:
+    """Entry point used by ``infra/__main__.py``: a config error ends the program with its
+    one line and nothing else (see :data:`SHOWN_ERROR_EXIT`); otherwise the exports."""
     try:
         program = run()
     except ConfigError as exc:
-        raise pulumi.RunError(str(exc)) from None
+        pulumi.log.error(str(exc))
+        raise SystemExit(SHOWN_ERROR_EXIT) from None
     for key, value in program.outputs.items():
         pulumi.export(key, value)
     return program

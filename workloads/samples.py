@@ -1,11 +1,17 @@
 """The seed's sample workloads, as typed pulumi-kubernetes specs.
 
-- pod example: one SoC, runs ``qaic-util -q`` once (the SDK's examples/pod-example.yml);
+- pod example: one SoC; shows what it was given, then stays up (the SDK's
+  examples/pod-example.yml, kept running so `pulumi up` can await it Ready);
 - deployment: one replica holding one SoC, ``runAsGroup`` of the ``qaic`` group (995) so
   the runtime tools work unprivileged (deploy-qaic-single.yaml);
-- 4-SoC job: asks for four SoCs in one pod. One Ultra card carries four SoCs behind its
-  on-card PCIe switch, so with SKU mode on it asks for ``qualcomm.com/qaic-ultra: 4`` and
-  fits exactly one Ultra card.
+- 4-SoC job: asks for four SoCs in one pod, shows them and completes. One Ultra card carries
+  four SoCs behind its on-card PCIe switch, so with SKU mode on it asks for
+  ``qualcomm.com/qaic-ultra: 4`` and fits exactly one Ultra card.
+
+Every command is plain POSIX sh (busybox is enough): it prints ``QAIC_VISIBLE_DEVICES`` and
+``ls -l /dev/accel``, runs ``qaic-util -q`` when the image has it, and a long-running one
+exits at once on SIGTERM (a shell as PID 1 ignores it unless it traps it; ``sleep`` runs in
+the background so the trap fires without waiting for it).
 
 Every spec passes the ``restricted`` Pod Security level: non-root, no privilege
 escalation, all capabilities dropped, RuntimeDefault seccomp.
@@ -20,6 +26,21 @@ import pulumi_kubernetes as k8s
 QAIC_GROUP_ID = 995  # the `qaic` group on AI 100 hosts and in the SDK images
 WORKLOAD_UID = 1000
 QAIC_UTIL = "/opt/qti-aic/tools/qaic-util"
+#: Attempts of the 4-SoC job: with QAIC_MULTI_SOC_POLICY=require a pod whose SoCs would span
+#: cards fails admission (UnexpectedAdmissionError) and the Job controller starts another.
+ULTRA_JOB_BACKOFF_LIMIT = 6
+
+SHOW = (
+    'echo "QAIC_VISIBLE_DEVICES=${QAIC_VISIBLE_DEVICES:-}"; ls -l /dev/accel; '
+    f"if [ -x {QAIC_UTIL} ]; then {QAIC_UTIL} -q; fi"
+)
+TRAP = "trap 'exit 0' TERM"
+LOOP = "while true; do sleep 1 & wait $!; done"
+
+
+def show_command(stay: bool) -> list[str]:
+    """``sh -c`` that shows the SoCs given; ``stay`` keeps it running until SIGTERM."""
+    return ["/bin/sh", "-c", f"{TRAP}; {SHOW}; {LOOP}" if stay else SHOW]
 
 
 @dataclass(frozen=True)
@@ -27,6 +48,7 @@ class WorkloadParams:
     resource_name: str
     image: str
     namespace: str
+    image_pull_policy: str = "IfNotPresent"
     tolerations: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -54,7 +76,7 @@ def _container(
     return {
         "name": "qaic",
         "image": params.image,
-        "image_pull_policy": "IfNotPresent",
+        "image_pull_policy": params.image_pull_policy,
         "command": command,
         "resources": {
             # Extended resources: requests must equal limits.
@@ -84,7 +106,7 @@ def _pod(
 
 def pod_example_spec(params: WorkloadParams) -> tuple[str, k8s.core.v1.PodSpecArgsDict]:
     """Name and spec of the one-SoC pod example."""
-    return "qaic-pod-example", _pod(params, 1, [QAIC_UTIL, "-q"], "Never")
+    return "qaic-pod-example", _pod(params, 1, show_command(stay=True), "Never")
 
 
 def deployment_spec(
@@ -92,7 +114,7 @@ def deployment_spec(
 ) -> tuple[str, k8s.apps.v1.DeploymentSpecArgsDict]:
     """Name and spec of the single-replica, one-SoC deployment."""
     name = "qaic-inference"
-    command = ["/bin/sh", "-c", f"{QAIC_UTIL} -q && exec sleep infinity"]
+    command = show_command(stay=True)
     return name, {
         "replicas": 1,
         "selector": {"match_labels": {"app.kubernetes.io/name": name}},
@@ -108,12 +130,13 @@ def ultra_job_spec(params: WorkloadParams) -> tuple[str, k8s.batch.v1.JobSpecArg
     """Name and spec of the 4-SoC job that only fits one Ultra card."""
     name = "qaic-ultra-4soc"
     return name, {
-        "backoff_limit": 0,
+        # No ttlSecondsAfterFinished: Pulumi owns the Job, and one deleted behind its back
+        # would break the next `pulumi up`.
+        "backoff_limit": ULTRA_JOB_BACKOFF_LIMIT,
         "active_deadline_seconds": 900,
-        "ttl_seconds_after_finished": 3600,
         "template": {
             "metadata": {"labels": _labels(name)},
-            "spec": _pod(params, 4, [QAIC_UTIL, "-q"], "Never"),
+            "spec": _pod(params, 4, show_command(stay=False), "Never"),
         },
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 import pulumi
@@ -23,6 +24,21 @@ class PluginImageArgs:
     registry_username: str = ""
     registry_password: pulumi.Input[str] | None = None
     build_on_preview: bool = False
+    load: bool = False
+
+
+#: ``uname -m`` -> the OCI platform the local image store can run.
+_MACHINES = {"x86_64": "linux/amd64", "amd64": "linux/amd64",
+             "aarch64": "linux/arm64", "arm64": "linux/arm64"}
+
+
+def host_platform(machine: str | None = None) -> str:
+    """The platform of the machine running ``pulumi up`` (what a local image store holds)."""
+    arch = (machine or platform.machine()).lower()
+    if arch not in _MACHINES:
+        raise ValueError(f"cannot build for the host machine type {arch!r}: "
+                         f"supported are {', '.join(sorted(_MACHINES))}")
+    return _MACHINES[arch]
 
 
 def registry_host(registry: str) -> str:
@@ -33,7 +49,11 @@ def registry_host(registry: str) -> str:
 class PluginImage(pulumi.ComponentResource):
     """Builds ``plugin_image/Dockerfile`` for every platform in image.json, or passes a
     pinned reference through. ``ref`` is what the DaemonSet must run: with a push it is the
-    pushed tag with its digest (``repo:tag@sha256:...``)."""
+    pushed tag with its digest (``repo:tag@sha256:...``).
+
+    ``load``: a docker-build image with neither push nor exports stays in the build cache,
+    where no node can run it. Loading exports it into the local Docker image store instead;
+    a store holds one platform per tag, so only the host's platform is built."""
 
     ref: pulumi.Output[str]
     tags: list[str]
@@ -49,6 +69,7 @@ class PluginImage(pulumi.ComponentResource):
             self.tags = [args.pinned_ref]
             self.ref = pulumi.Output.from_input(args.pinned_ref)
             self.image: docker_build.Image | None = None
+            self.platforms: list[str] = []
         else:
             repository = f"{args.registry}/{spec.name}" if args.registry else spec.name
             self.tags = image_tags(repository, args.version, args.sha)
@@ -77,15 +98,18 @@ class PluginImage(pulumi.ComponentResource):
             }
             if args.sha:
                 labels["org.opencontainers.image.revision"] = args.sha
+            platforms = [host_platform()] if args.load else list(spec.platforms)
+            self.platforms = platforms
             self.image = docker_build.Image(
                 f"{name}-build",
                 context={"location": relative_to_cwd(spec.context)},
                 dockerfile={"location": relative_to_cwd(spec.dockerfile)},
-                platforms=[docker_build.Platform(p) for p in spec.platforms],
+                platforms=[docker_build.Platform(p) for p in platforms],
                 build_args=dict(spec.build_args),
                 tags=self.tags,
                 labels=labels,
                 push=args.push,
+                load=args.load or None,
                 registries=registries or None,
                 cache_from=cache_from or None,
                 cache_to=cache_to or None,

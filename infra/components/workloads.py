@@ -1,4 +1,12 @@
-"""Workloads: the sample AI 100 workloads the stack turns on, in their own namespace."""
+"""Workloads: the sample AI 100 workloads the stack turns on, in their own namespace.
+
+Pods and Jobs with fixed names cannot be changed in place (pod spec and job template are
+immutable), so a change of their spec -- SKU mode, image, tolerations -- replaces them:
+the old one is deleted first and its deletion awaited (same name), then the new one is
+created and awaited (the pod example Ready, the job Complete). No ``pulumi.com/skipAwait``:
+it would also skip waiting for the old object's deletion, and it is a Pulumi-only
+annotation that has no business in rendered GitOps manifests.
+"""
 
 from __future__ import annotations
 
@@ -53,25 +61,24 @@ class Workloads(pulumi.ComponentResource):
         )
         self.resources.append(ns)
         opts = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+        immutable = pulumi.ResourceOptions(
+            parent=self, depends_on=[ns], replace_on_changes=["spec"], delete_before_replace=True
+        )
         namespace = s.workload_namespace
 
         def params(resource: str) -> WorkloadParams:
             return WorkloadParams(
                 resource_name=resource, image=s.workload_image, namespace=namespace,
-                tolerations=s.toleration_list,
+                image_pull_policy=s.image_pull_policy, tolerations=s.toleration_list,
             )
 
         if s.workload_pod_example:
             pod_name, pod = pod_example_spec(params(s.workload_resource))
             self.resources.append(k8s.core.v1.Pod(
                 f"{name}-pod-example",
-                metadata={
-                    "name": pod_name, "namespace": namespace, "labels": labels_for(pod_name),
-                    # It runs once and exits: it never turns Ready, so do not await it.
-                    "annotations": {"pulumi.com/skipAwait": "true"},
-                },
+                metadata={"name": pod_name, "namespace": namespace, "labels": labels_for(pod_name)},
                 spec=pod,
-                opts=opts,
+                opts=immutable,
             ))
             self.created.append(f"Pod/{namespace}/{pod_name}")
         if s.workload_deployment:
@@ -87,13 +94,9 @@ class Workloads(pulumi.ComponentResource):
             job_name, job = ultra_job_spec(params(s.ultra_job_resource))
             self.resources.append(k8s.batch.v1.Job(
                 f"{name}-ultra-job",
-                metadata={
-                    "name": job_name, "namespace": namespace, "labels": labels_for(job_name),
-                    # Jobs are immutable and finish: do not block `pulumi up` on completion.
-                    "annotations": {"pulumi.com/skipAwait": "true"},
-                },
+                metadata={"name": job_name, "namespace": namespace, "labels": labels_for(job_name)},
                 spec=job,
-                opts=opts,
+                opts=immutable,
             ))
             self.created.append(f"Job/{namespace}/{job_name}")
         self.register_outputs({"created": self.created})

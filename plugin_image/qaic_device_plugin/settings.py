@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from pydantic_settings import (
 
 from . import __version__
 from .backend import MultiSocPolicy
+from .contracts import PCI_ADDRESS as _PCI_ADDRESS
 from .kubelet.manager import socket_name
 from .qaic.model import Sku
 from .qaic.resources import resource_name
@@ -35,7 +35,6 @@ from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
-_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _BOOL = "1/0/true/false/yes/no"
 
 

@@ -21,8 +21,9 @@ from infra_harness import (
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.components.image import PluginImage, PluginImageArgs
 from infra.components.workloads import Workloads, WorkloadsArgs
+from infra.config import load_settings
 from infra.image_spec import load_image_spec, read_version
-from infra.settings import StackSettings, load_settings
+from infra.settings import StackSettings
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -136,7 +137,12 @@ def ds_pod(mocks: RecordingMocks) -> dict[str, Any]:
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    """Plain values; a downward-API value shows as ``<fieldPath>``."""
+    out: dict[str, str] = {}
+    for e in pod["containers"][0]["env"]:
+        ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        out[e["name"]] = e.get("value", f"<{ref}>")
+    return out
 
 
 def test_daemonset_runs_exactly_the_image_with_hardened_settings(
@@ -170,11 +176,14 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
     assert pod["serviceAccountName"] == "qaic-device-plugin"
     mounts = {m["mountPath"]: m["readOnly"] for m in c["volumeMounts"] if "readOnly" in m}
     assert mounts == {"/var/lib/kubelet/device-plugins": False, "/host/sys": True,
-                      "/host/dev": True, "/run/udev": True}
+                      "/host/dev": True, "/run/udev": True, "/opt/qti-aic": True,
+                      "/var/lib/kubelet/pod-resources": True}
     assert "/dev" not in {m["mountPath"] for m in c["volumeMounts"]}
     host = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
     assert host == {"/var/lib/kubelet/device-plugins": "DirectoryOrCreate", "/sys": "Directory",
-                    "/dev": "Directory", "/run/udev": "DirectoryOrCreate"}
+                    "/dev": "Directory", "/run/udev": "DirectoryOrCreate",
+                    "/opt/qti-aic": "DirectoryOrCreate",
+                    "/var/lib/kubelet/pod-resources": "DirectoryOrCreate"}
     env = env_of(pod)
     assert env == {
         "QAIC_SKU_BASED_RESOURCE_ENABLED": "false", "ALLOWED_QAIC_DEVICE_SHARES": "1",
@@ -184,6 +193,7 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
         "QAIC_UDEV_SOURCE": "udev", "QAIC_UE_COOLDOWN_SECONDS": "300",
         "QAIC_SYSFS_ROOT": "/host/sys", "QAIC_DEV_ROOT": "/host/dev",
         "QAIC_DEVICE_PLUGIN_DIR": "/var/lib/kubelet/device-plugins",
+        "QAIC_METRICS_ADDRESS": "<status.hostIP>",
     }
     ns = manifest(mocks.one("kubernetes:core/v1:Namespace"))
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"

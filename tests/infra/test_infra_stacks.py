@@ -9,8 +9,10 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pulumi
 import pytest
+import yaml
 from infra_harness import (
     FAKE_DIGEST,
+    ROOT,
     Run,
     fake_decrypt,
     is_secret,
@@ -24,6 +26,7 @@ from infra_harness import (
     unsecret,
 )
 
+from infra.components.image import host_platform
 from infra.image_spec import read_version
 
 VERSION = read_version()
@@ -37,7 +40,7 @@ def test_every_stack_file_has_its_own_test() -> None:
     tested = {name[len("test_stack_"):].replace("_", "-") for name in globals()
               if name.startswith("test_stack_")}
     assert set(STACKS) == tested
-    assert {"dev", "edge-pool", "ultra-prod"} <= set(STACKS)
+    assert {"dev", "edge-pool", "ultra-prod", "e2e"} <= set(STACKS)
 
 
 def daemonset(run: Run) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def daemonset(run: Run) -> dict[str, Any]:
 
 def plugin_env(run: Run) -> dict[str, str]:
     c = daemonset(run)["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in c["env"]}
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
 
 
 def workload_requests(run: Run) -> dict[str, dict[str, str]]:
@@ -76,16 +79,19 @@ def assert_all_k8s_on_the_stack_provider(run: Run) -> None:
 def test_stack_dev() -> None:
     run = run_stack_file(STACKS["dev"])
     o = run.outputs
-    # Rendered, not applied: the provider writes manifests to out/manifests/dev.
+    # Rendered, not applied: the provider writes manifests to <repo>/out/manifests/dev, an
+    # absolute path, whatever the working directory.
     (prov,) = k8s_providers(run)
-    assert prov["renderYamlToDirectory"].endswith("out/manifests/dev")
+    assert prov["renderYamlToDirectory"] == str(ROOT / "out" / "manifests" / "dev")
     assert "context" not in prov
-    assert o["renderYamlDir"].endswith("out/manifests/dev")
+    assert o["renderYamlDir"] == prov["renderYamlToDirectory"]
     assert_all_k8s_on_the_stack_provider(run)
-    # Built for both platforms, not pushed; the DaemonSet runs the local tag.
+    # Built for this machine's platform only and loaded into the local image store (a build
+    # with neither push nor an export would stay in the build cache); the DaemonSet runs it.
     img = run.mocks.one("docker-build:index:Image")
     assert img.inputs["push"] is False and "registries" not in img.inputs
-    assert img.inputs["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert img.inputs["load"] is True
+    assert img.inputs["platforms"] == [host_platform()]
     assert o["imageRef"] == f"qaic-device-plugin:{VERSION}" and o["imageBuilt"] is True
     pod = daemonset(run)["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == o["imageRef"]
@@ -142,8 +148,8 @@ def test_stack_ultra_prod() -> None:
     assert img.inputs["tags"] == [f"{repo}:{VERSION}", f"{repo}:{VERSION}-{SHA12}"]
     assert img.inputs["cacheTo"][0]["registry"]["ref"] == f"{repo}:buildcache"
     assert is_secret(img.inputs["registries"])
-    password = fake_decrypt(
-        "v1:8rPrgL+LRmMdpxVR:WFwDGVOg8VeRfF20BdlWWd8RxVKgslUVxysPfHwCbr2FN3X6XBAHUw==")
+    password = fake_decrypt(yaml.safe_load(STACKS["ultra-prod"].read_text())
+                            ["config"]["qaic-k8s:registryPassword"]["secure"])
     assert unsecret(img.inputs["registries"])[0]["password"] == password
     assert o["imageRef"] == f"{repo}:{VERSION}@{FAKE_DIGEST}"
     ds = daemonset(run)
@@ -167,6 +173,41 @@ def test_stack_ultra_prod() -> None:
                               "Job/qaic-workloads/qaic-ultra-4soc"]
     assert {"key": "qualcomm.com/ultra", "operator": "Equal", "value": "present",
             "effect": "NoExecute"} in pod["tolerations"]
+
+
+def test_stack_e2e() -> None:
+    """The stack `make e2e` applies to the single-node test cluster (issue 10)."""
+    run = run_stack_file(STACKS["e2e"])
+    o = run.outputs
+    (prov,) = k8s_providers(run)
+    assert "context" not in prov and "renderYamlToDirectory" not in prov  # $KUBECONFIG's
+    assert run.mocks.of_type("docker-build:index:Image") == []
+    assert o["imageRef"] == "localhost/qaic-device-plugin:e2e"
+    ds = daemonset(run)
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == o["imageRef"] and c["imagePullPolicy"] == "Never"
+    assert ds["metadata"]["namespace"] == "qaic-system" and pod["hostNetwork"] is True
+    assert "nodeSelector" not in pod or pod["nodeSelector"] == {}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host["sys"] == "/run/qaic-e2e/node/sys"
+    assert host["dev"] == "/run/qaic-e2e/node/dev"
+    assert host["qaic-sdk"] == "/run/qaic-e2e/node/opt/qti-aic"
+    assert "udev" not in host  # no udevd on the test machine
+    env = plugin_env(run)
+    assert env["QAIC_SKU_BASED_RESOURCE_ENABLED"] == "false"
+    assert env["QAIC_UDEV_ENABLED"] == "false"
+    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example",
+                              "Deployment/qaic-workloads/qaic-inference",
+                              "Job/qaic-workloads/qaic-ultra-4soc"]
+    for obj in kubernetes_objects(run.mocks):
+        if obj["kind"] in ("Pod", "Deployment", "Job"):
+            spec = obj["spec"]
+            podspec = spec["template"]["spec"] if "template" in spec else spec
+            (wc,) = podspec["containers"]
+            assert wc["image"] == "localhost/qaic-sample:e2e"
+            assert wc["imagePullPolicy"] == "Never"
+    assert read_stack(STACKS["e2e"])[1] == []  # nothing secret
 
 
 @pytest.mark.parametrize("path", list(STACKS.values()), ids=list(STACKS))
@@ -208,14 +249,20 @@ def test_main_exports_outputs_and_turns_config_errors_into_one_line(
                              "daemonSetName", "skuBasedResources", "resourceNames",
                              "workloads", "renderYamlDir"}
     pulumi.runtime.set_all_config({**config, "qaic-k8s:push": "true"}, secrets)
-    with pytest.raises(pulumi.RunError, match=r"^stack 'dev': config key 'qaic-k8s:push'"):
+    logged: list[str] = []
+    monkeypatch.setattr(pulumi.log, "error", lambda msg, *a, **k: logged.append(msg))
+    with pytest.raises(SystemExit) as info:
         program.main()
+    # 32: "already shown to the user", so the CLI adds no "unhandled error" line (tests/e2e)
+    assert info.value.code == program.SHOWN_ERROR_EXIT == 32
+    (line,) = logged
+    assert line.startswith("stack 'dev': 'qaic-k8s:push' is 'true', which needs")
 
 
 def test_config_errors_stop_before_any_resource_is_declared() -> None:
     config, _ = read_stack(STACKS["dev"])
     config["qaic-k8s:metricsPort"] = "-1"
-    from infra.settings import ConfigError
+    from infra.config import ConfigError
 
     with pytest.raises(ConfigError):
         run_program(config, [], "dev")

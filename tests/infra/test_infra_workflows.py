@@ -73,7 +73,10 @@ def test_preview_matrix_covers_every_stack_and_comments_once_per_stack() -> None
     assert w["comment-on-pr"] is True and w["diff"] is True
     assert w["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert wf["permissions"]["pull-requests"] == "write"
-    assert stack_matrix()["all"] == [stack_name(p) for p in stack_files()]
+    assert stack_matrix()["all"] == [stack_name(p) for p in stack_files()
+                                     if stack_name(p) != "e2e"]
+    env = job["env"]["PULUMI_CONFIG_PASSPHRASE"]
+    assert "secrets.PULUMI_CONFIG_PASSPHRASE" in env and "needs.stacks.outputs.secret" in env
 
 
 def test_deploy_runs_up_on_main_only_for_opted_in_stacks() -> None:
@@ -84,7 +87,8 @@ def test_deploy_runs_up_on_main_only_for_opted_in_stacks() -> None:
     (step,) = [s for s in job["steps"] if str(s.get("uses", "")).startswith("pulumi/actions@")]
     assert step["with"]["command"] == "up"
     matrix = stack_matrix()
-    assert matrix["deploy"] == ["ultra-prod"]
+    assert matrix["deploy"] == ["ultra-prod"] and matrix["secret"] == ["ultra-prod"]
+    assert "needs.stacks.outputs.secret" in job["env"]["PULUMI_CONFIG_PASSPHRASE"]
     assert set(matrix["deploy"]) <= set(matrix["all"])
 
 
