@@ -1,0 +1,1 @@
+"""Real Kubernetes control-plane parts for end-to-end tests (loopback only)."""
