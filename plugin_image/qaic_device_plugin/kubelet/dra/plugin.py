@@ -70,6 +70,7 @@ class DraPlugin:
         self._resync = resync_seconds
         self._wake = asyncio.Event()
         self.bound = 0  # sockets (re)created, for tests and logs
+        self._bound_changed = asyncio.Condition()
 
     async def _bind(self, sock: _Socket) -> None:
         if sock.server is not None:
@@ -84,6 +85,15 @@ class DraPlugin:
         sock.server, sock.identity = server, _identity(sock.path)
         self.bound += 1
         log.info("serving", extra={"event": "dra_socket", "path": str(sock.path)})
+        async with self._bound_changed:
+            self._bound_changed.notify_all()
+
+    async def wait_bound(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until sockets have been (re)created `count` times in total."""
+        async with self._bound_changed:
+            await asyncio.wait_for(
+                self._bound_changed.wait_for(lambda: self.bound >= count), timeout
+            )
 
     async def ensure(self) -> None:
         """(Re)create every socket that is missing or no longer ours, in order."""
