@@ -38,7 +38,10 @@ class Claims:
             A.uid: AllocatedClaim(A, (AllocatedDevice("req", "node-1", "dev-0"),)),
             B.uid: AllocatedClaim(
                 B,
-                (AllocatedDevice("r1", "node-1", "dev-1"), AllocatedDevice("r2", "node-1", "dev-2")),
+                (
+                    AllocatedDevice("r1", "node-1", "dev-1"),
+                    AllocatedDevice("r2", "node-1", "dev-2"),
+                ),
             ),
         }
 
@@ -136,9 +139,7 @@ async def test_prepare_unprepare_idempotent(dirs: Path, kubelet: DraKubeletSim) 
         await plugin.close()
 
 
-async def test_prepared_claims_survive_a_plugin_restart(
-    dirs: Path, kubelet: DraKubeletSim
-) -> None:
+async def test_prepared_claims_survive_a_plugin_restart(dirs: Path, kubelet: DraKubeletSim) -> None:
     first = Driver()
     plugin = make_plugin(dirs, first)
     await plugin.start()
