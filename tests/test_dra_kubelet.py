@@ -109,7 +109,10 @@ async def test_registration_offers_v1_service_at_dra_sock(
     assert not list((dirs / "registry").glob("*.sock"))
 
 
-async def test_prepare_unprepare_idempotent(dirs: Path, kubelet: DraKubeletSim) -> None:
+async def test_prepare_unprepare_idempotent(
+    dirs: Path, kubelet: DraKubeletSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the log records are built too (a bad `extra` key raises)
     driver = Driver()
     plugin = make_plugin(dirs, driver)
     await plugin.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -29,4 +30,6 @@ def main_dra(settings: Settings) -> int:
             print(f"qaic-device-plugin: {line}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if settings.log_level != "debug":  # one line per API request otherwise
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     return asyncio.run(_serve(settings, dra))

@@ -59,7 +59,7 @@ class NodeService:
                         "event": "dra_prepared",
                         "claim": ref.uid,
                         "namespace": ref.namespace,
-                        "name": ref.name,
+                        "claim_name": ref.name,
                         "devices": [d.device for d in devices],
                     },
                 )
