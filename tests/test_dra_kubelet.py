@@ -207,3 +207,30 @@ async def test_removed_sockets_are_recreated_and_kubelet_re_registers(
     finally:
         run.cancel()
         await plugin.close()
+
+
+def test_bad_dra_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    from qaic_device_plugin.sim.process import plugin_command
+
+    out = subprocess.run(
+        plugin_command(),
+        env={"QAIC_ALLOCATION_API": "dra", "NODE_NAME": "Bad_Node", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "qaic-device-plugin: invalid setting NODE_NAME='Bad_Node': "
+        "accepted: the node's name (downward API spec.nodeName), a DNS subdomain"
+    ]
+    missing = subprocess.run(
+        plugin_command(), env={"QAIC_ALLOCATION_API": "dra"}, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "invalid setting NODE_NAME=''" in missing.stderr
+    bad = subprocess.run(
+        plugin_command(), env={"QAIC_ALLOCATION_API": "grpc"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "QAIC_ALLOCATION_API='grpc'" in bad.stderr

@@ -73,16 +73,11 @@ def load_dra() -> DraSettings:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
-            info = next(
-                (
-                    f
-                    for f in DraSettings.model_fields.values()
-                    if name in getattr(f.validation_alias, "choices", ())
-                ),
-                None,
-            )
-            extra = info.json_schema_extra if info is not None else None
-            accepted = extra.get("accepted") if isinstance(extra, dict) else "?"
-            lines.append(f"invalid setting {name}={err['input']!r}: accepted: {accepted}")
+            loc = str(err["loc"][0]) if err["loc"] else "?"
+            for field, info in DraSettings.model_fields.items():
+                env = str(info.validation_alias.choices[0])  # type: ignore[union-attr]
+                if loc in (field, env):
+                    extra = info.json_schema_extra
+                    accepted = extra.get("accepted") if isinstance(extra, dict) else "?"
+                    lines.append(f"invalid setting {env}={err['input']!r}: accepted: {accepted}")
         raise SettingsError("\n".join(lines)) from None
