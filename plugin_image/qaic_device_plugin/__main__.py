@@ -27,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"qaic-device-plugin: {line}", file=sys.stderr)
         return 2
+    if settings.allocation_api == "dra":
+        from .dra_main import main_dra  # DRA mode: lightkube is imported only there
+
+        return main_dra(settings)
     try:  # the one directory we create: a path we cannot use is bad input, not a crash
         settings.device_plugin_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         "(default: <QAIC_DEVICE_PLUGIN_DIR>/qaic/state.json)",
         "a file path",
     )
+    allocation_api: Literal["devicePlugin", "dra"] = _setting(
+        "QAIC_ALLOCATION_API",
+        "devicePlugin",
+        "devicePlugin: kubelet device-plugin API (default); dra: Dynamic Resource Allocation "
+        "driver (settings in dra_settings.py: NODE_NAME, QAIC_DRA_*)",
+        "one of devicePlugin, dra",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting(
         "QAIC_LOG_LEVEL", "info", "log level", "one of debug, info, warning, error"
     )

@@ -1,0 +1,125 @@
+"""The DRA bridge: qaic SoC state -> DRA devices, and claims -> per-claim CDI specs.
+
+The DRA counterpart of backend.py, and like it the only DRA module that knows both sides.
+Each SoC is one device named after its PCI address (`soc-0000-35-00-0`, a DNS label) with
+attributes the scheduler can match on: `cardID` (one card: `matchAttribute: qaic.qualcomm.com/
+cardID`), `sku`, `qid`, and the standard `resource.kubernetes.io/pciBusID` and `/numaNode`.
+An unhealthy SoC stays listed with a NoSchedule taint (kept, so it is visible and comes back
+by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn.
+
+Preparing a claim writes one transient CDI spec, `qaic.qualcomm.com-claim_<uid>.json`, with one
+CDI device per SoC (its /dev/accel node) and the spec-wide `QAIC_VISIBLE_DEVICES` listing all
+the claim's QIDs, so SoCs of two SKUs in one claim are all visible (unlike two device-plugin
+resources, whose variables collide).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from lightkube.models.resource_v1 import Device
+
+from .backend import VISIBLE_DEVICES_ENV
+from .kubelet.dra.types import AllocatedClaim, ClaimRef, PreparedDevice, PrepareError
+from .qaic.inventory import SocState
+from .qaic.nfd import remove_if_present, replace_if_changed
+
+log = logging.getLogger(__name__)
+
+DRIVER_NAME = "qaic.qualcomm.com"  # DNS subdomain, like dra-example-driver's gpu.example.com
+CDI_VERSION = "0.6.0"
+CDI_KIND = f"{DRIVER_NAME}/claim"
+STANDARD = "resource.kubernetes.io/"
+TAINT_UNHEALTHY = f"{DRIVER_NAME}/unhealthy"
+
+
+def device_name(pci: str) -> str:
+    """`0000:35:00.0` -> `soc-0000-35-00-0`: a DNS label, injective for PCI addresses."""
+    return "soc-" + pci.lower().replace(":", "-").replace(".", "-")
+
+
+def to_device(state: SocState) -> Device:
+    soc = state.soc
+    attrs: dict[str, dict[str, Any]] = {
+        "sku": {"string": state.sku.sku.value},
+        "cardID": {"string": soc.card_id},
+        "qid": {"int": soc.qid},
+        STANDARD + "pciBusID": {"string": soc.pci_address},
+    }
+    if soc.numa_node is not None:  # the standard says: no attribute without NUMA affinity
+        attrs[STANDARD + "numaNode"] = {"int": soc.numa_node}
+    taints = None
+    if not state.healthy:
+        first = state.findings[0]
+        taints = [{"key": TAINT_UNHEALTHY, "value": first.signal.value, "effect": "NoSchedule"}]
+    raw = {"name": device_name(soc.pci_address), "attributes": attrs, "taints": taints}
+    return cast(Device, Device.from_dict(raw))
+
+
+def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:
+    return cdi_dir / f"{DRIVER_NAME}-claim_{uid}.json"
+
+
+class QaicDraDriver:
+    """Prepares claims against the node's current SoCs (updated by the app on every refresh)."""
+
+    def __init__(self, node_name: str, cdi_dir: Path) -> None:
+        self.node_name = node_name
+        self.cdi_dir = cdi_dir
+        self._socs: dict[str, SocState] = {}
+
+    def update(self, socs: Sequence[SocState]) -> list[Device]:
+        """Take a new snapshot; return the devices to publish."""
+        self._socs = {device_name(s.soc.pci_address): s for s in socs}
+        return [to_device(s) for _, s in sorted(self._socs.items())]
+
+    async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
+        uid = claim.ref.uid
+        chosen: list[tuple[str, str, SocState]] = []
+        for d in claim.devices:
+            if d.pool != self.node_name:
+                raise PrepareError(f"device {d.device} is in pool {d.pool}, not {self.node_name}")
+            state = self._socs.get(d.device)
+            if state is None:
+                raise PrepareError(f"device {d.device} is not on this node (any more)")
+            if not state.healthy:
+                why = "; ".join(f.detail for f in state.findings)
+                raise PrepareError(
+                    f"device {d.device} ({state.soc.accel_name}) is unhealthy: {why}"
+                )
+            chosen.append((d.request, d.device, state))
+        if not chosen:
+            return []
+        qids = ",".join(str(q) for q in sorted({s.soc.qid for _, _, s in chosen}))
+        spec = {
+            "cdiVersion": CDI_VERSION,
+            "kind": CDI_KIND,
+            "containerEdits": {"env": [f"{VISIBLE_DEVICES_ENV}={qids}"]},
+            "devices": [
+                {
+                    "name": f"{uid}-{name}",
+                    "containerEdits": {
+                        "deviceNodes": [{"path": f"/dev/{s.soc.dev_relpath}", "permissions": "rw"}]
+                    },
+                }
+                for _, name, s in sorted(chosen, key=lambda c: c[1])
+            ],
+        }
+        path = cdi_spec_path(self.cdi_dir, uid)
+        replace_if_changed(path, json.dumps(spec, indent=2) + "\n")
+        log.info(
+            "CDI spec written",
+            extra={"event": "dra_cdi_written", "path": str(path), VISIBLE_DEVICES_ENV: qids},
+        )
+        return [
+            PreparedDevice((req,), self.node_name, name, (f"{CDI_KIND}={uid}-{name}",))
+            for req, name, _ in chosen
+        ]
+
+    async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
+        if remove_if_present(cdi_spec_path(self.cdi_dir, ref.uid)):
+            log.info("CDI spec removed", extra={"event": "dra_cdi_removed", "claim": ref.uid})

@@ -1,0 +1,133 @@
+"""A kubelet stand-in for DRA plugins: its plugin watcher and its DRA v1 client, over real sockets.
+
+Like kubelet's pluginwatcher it scans the registry directory and reacts to sockets appearing:
+GetInfo, checks the type and that `v1.DRAPlugin` is offered, answers NotifyRegistrationStatus,
+and remembers the endpoint; a removed socket deregisters the plugin. Prepare and unprepare are
+then sent to the endpoint exactly as kubelet 1.37 sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpc import aio
+
+from ..fswatch import watch_directory
+from ..kubelet.api.dra_v1 import api_pb2 as dra_pb
+from ..kubelet.api.dra_v1 import api_pb2_grpc as dra_grpc
+from ..kubelet.api.pluginregistration_v1 import api_pb2 as reg_pb
+from ..kubelet.api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
+from ..kubelet.dra.types import DRA_SERVICE_V1, PLUGIN_TYPE, ClaimRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Registered:
+    name: str
+    endpoint: str
+    socket: Path
+    versions: tuple[str, ...]
+
+
+class DraKubeletSim:
+    def __init__(self, registry_dir: Path) -> None:
+        self.registry_dir = registry_dir
+        self.plugins: dict[str, Registered] = {}
+        self.registrations = 0
+        self.refusals: list[str] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._seen: dict[Path, tuple[int, int]] = {}
+
+    async def __aenter__(self) -> DraKubeletSim:
+        self.registry_dir.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        await self._scan()
+        async for _ in watch_directory(self.registry_dir):
+            await self._scan()
+
+    async def _scan(self) -> None:
+        present: dict[Path, tuple[int, int]] = {}
+        for p in sorted(self.registry_dir.glob("*.sock")):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.lstat()
+                present[p] = (st.st_ino, st.st_ctime_ns)
+        for p in [p for p in self._seen if p not in present]:
+            del self._seen[p]
+            for name in [n for n, r in self.plugins.items() if r.socket == p]:
+                del self.plugins[name]
+        for p, ident in present.items():
+            if self._seen.get(p) != ident:
+                self._seen[p] = ident
+                await self._register(p)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _register(self, sock: Path) -> None:
+        async with aio.insecure_channel(f"unix://{sock}") as ch:
+            stub = reg_grpc.RegistrationStub(ch)
+            info = await stub.GetInfo(reg_pb.InfoRequest(), timeout=5)
+            error = ""
+            if info.type != PLUGIN_TYPE:
+                error = f"type {info.type!r} is not {PLUGIN_TYPE}"
+            elif DRA_SERVICE_V1 not in info.supported_versions:
+                error = f"none of {list(info.supported_versions)} is supported"
+            await stub.NotifyRegistrationStatus(
+                reg_pb.RegistrationStatus(plugin_registered=not error, error=error), timeout=5
+            )
+        if error:
+            self.refusals.append(error)
+            return
+        self.plugins[info.name] = Registered(
+            info.name, info.endpoint, sock, tuple(info.supported_versions)
+        )
+        self.registrations += 1
+
+    async def wait_registered(self, name: str, count: int = 1, timeout: float = 10.0) -> Registered:
+        """Wait until `name` is registered and `count` registrations have happened in total."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(
+                    lambda: name in self.plugins and self.registrations >= count
+                ),
+                timeout,
+            )
+        return self.plugins[name]
+
+    async def prepare(
+        self, driver: str, claims: list[ClaimRef], timeout: float = 10.0
+    ) -> dra_pb.NodePrepareResourcesResponse:
+        async with aio.insecure_channel(f"unix://{self.plugins[driver].endpoint}") as ch:
+            req = dra_pb.NodePrepareResourcesRequest(
+                claims=[dra_pb.Claim(namespace=c.namespace, uid=c.uid, name=c.name) for c in claims]
+            )
+            resp: dra_pb.NodePrepareResourcesResponse = await dra_grpc.DRAPluginStub(
+                ch
+            ).NodePrepareResources(req, timeout=timeout)
+            return resp
+
+    async def unprepare(
+        self, driver: str, claims: list[ClaimRef], timeout: float = 10.0
+    ) -> dra_pb.NodeUnprepareResourcesResponse:
+        async with aio.insecure_channel(f"unix://{self.plugins[driver].endpoint}") as ch:
+            req = dra_pb.NodeUnprepareResourcesRequest(
+                claims=[dra_pb.Claim(namespace=c.namespace, uid=c.uid, name=c.name) for c in claims]
+            )
+            resp: dra_pb.NodeUnprepareResourcesResponse = await dra_grpc.DRAPluginStub(
+                ch
+            ).NodeUnprepareResources(req, timeout=timeout)
+            return resp

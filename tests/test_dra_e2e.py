@@ -1,0 +1,193 @@
+"""DRA mode end to end: the real console script against a real kube-apiserver + etcd
+(e2e/apiserver.py), a simulated node and the kubelet stand-in. Publishes ResourceSlices,
+follows health, and prepares a claim whose allocation is written through the API (as the
+scheduler would)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import AsyncClient, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Node
+from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, ResourceSlice
+from lightkube.types import PatchType
+
+from e2e.apiserver import ApiServer, find_binaries
+from qaic_device_plugin.dra_backend import DRIVER_NAME, device_name
+from qaic_device_plugin.kubelet.dra.types import ClaimRef
+from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
+from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.process import PluginProcess, node_env
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(find_binaries() is None, reason="kube-apiserver/etcd not built"),
+]
+NODE = "node-1"
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[ApiServer]:
+    work = Path(tempfile.mkdtemp(prefix="qaic-api-"))
+    with ApiServer.start(work) as server:
+        yield server
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
+    c = AsyncClient(config=KubeConfig.from_file(api.kubeconfig))
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def dirs() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="qaic-dra-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+async def running(
+    api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path
+) -> AsyncIterator[tuple[PluginProcess, DraKubeletSim]]:
+    await client.apply(Node(metadata=ObjectMeta(name=NODE)), field_manager="test")
+    env = {
+        **node_env(node, dirs / "dp"),
+        "QAIC_ALLOCATION_API": "dra",
+        "NODE_NAME": NODE,
+        "QAIC_DRA_PLUGINS_DIR": str(dirs / "plugins"),
+        "QAIC_DRA_REGISTRY_DIR": str(dirs / "registry"),
+        "QAIC_KUBECONFIG": str(api.kubeconfig),
+        "QAIC_CDI_DIR": str(dirs / "cdi"),
+        "QAIC_UDEV_ENABLED": "false",
+    }
+    async with (
+        DraKubeletSim(dirs / "registry") as kubelet,
+        PluginProcess(env, tmp_path / "plugin.log") as proc,
+    ):
+        try:
+            await kubelet.wait_registered(DRIVER_NAME, timeout=20)
+            yield proc, kubelet
+        finally:
+            print(proc.log_text()[-3000:])
+    async for s in client.list(ResourceSlice):
+        assert s.metadata is not None and s.metadata.name is not None
+        await client.delete(ResourceSlice, s.metadata.name)
+
+
+async def wait_devices(
+    client: AsyncClient, ok: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
+    """Follow a watch on our ResourceSlices until the newest pool generation satisfies `ok`."""
+    slices: dict[str, Any] = {}
+
+    async def follow() -> dict[str, Any]:
+        async for op, s in client.watch(ResourceSlice, fields={"spec.driver": DRIVER_NAME}):
+            slices.pop(s.metadata.name, None)
+            if op != "DELETED":
+                slices[s.metadata.name] = s.to_dict()
+            gen = max((x["spec"]["pool"]["generation"] for x in slices.values()), default=0)
+            newest = [x for x in slices.values() if x["spec"]["pool"]["generation"] == gen]
+            devices = {d["name"]: d for x in newest for d in x["spec"].get("devices", [])}
+            if newest and ok(devices):
+                return devices
+        raise AssertionError("watch ended")
+
+    return await asyncio.wait_for(follow(), timeout)
+
+
+async def test_slices_claim_prepare_and_health(
+    running: tuple[PluginProcess, DraKubeletSim], client: AsyncClient, node: FakeNode, dirs: Path
+) -> None:
+    proc, kubelet = running
+    socs = node.socs
+    devices = await wait_devices(client, lambda d: len(d) == len(socs))
+    first = socs[0]
+    attrs = devices[device_name(first.pci_address)]["attributes"]
+    assert attrs == {
+        "cardID": {"string": first.card_id},
+        "qid": {"int": first.qid},
+        "sku": {"string": first.sku.value},
+        "resource.kubernetes.io/pciBusID": {"string": first.pci_address},
+        "resource.kubernetes.io/numaNode": {"int": first.numa_node},
+    }
+    slice_ = (await client.get(ResourceSlice, f"{NODE}-{DRIVER_NAME}-0")).to_dict()
+    assert slice_["spec"]["nodeName"] == NODE and slice_["spec"]["pool"]["name"] == NODE
+    assert slice_["metadata"]["ownerReferences"][0]["kind"] == "Node"
+
+    # A 4-SoC claim on one Ultra card, allocated as the scheduler would write it.
+    card = [s for s in socs if s.card_id == socs[0].card_id]
+    assert len(card) == 4
+    claim = ResourceClaim.from_dict(
+        {
+            "metadata": {"name": "four", "namespace": "default"},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {"name": "socs", "exactly": {"deviceClassName": DRIVER_NAME, "count": 4}}
+                    ],
+                    "constraints": [
+                        {"requests": ["socs"], "matchAttribute": f"{DRIVER_NAME}/cardID"}
+                    ],
+                }
+            },
+        }
+    )
+    created = await client.create(claim)
+    assert created.metadata is not None and created.metadata.uid is not None
+    uid = created.metadata.uid
+    results = [
+        {
+            "request": "socs",
+            "driver": DRIVER_NAME,
+            "pool": NODE,
+            "device": device_name(s.pci_address),
+        }
+        for s in card
+    ]
+    await client.patch(  # the status subresource, where the scheduler writes allocations
+        ResourceClaimStatus,
+        "four",
+        {"status": {"allocation": {"devices": {"results": results}}}},
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+
+    ref = ClaimRef("default", uid, "four")
+    resp = await kubelet.prepare(DRIVER_NAME, [ref])
+    got = resp.claims[uid]
+    assert got.error == ""
+    assert sorted(d.device_name for d in got.devices) == sorted(r["device"] for r in results)
+    assert all(d.pool_name == NODE and list(d.request_names) == ["socs"] for d in got.devices)
+    spec_path = dirs / "cdi" / f"{DRIVER_NAME}-claim_{uid}.json"
+    spec = json.loads(spec_path.read_text())
+    nodes = sorted(n["path"] for d in spec["devices"] for n in d["containerEdits"]["deviceNodes"])
+    assert nodes == sorted(f"/dev/accel/accel{s.accel_index}" for s in card)
+    qids = ",".join(str(s.qid) for s in sorted(card, key=lambda s: s.qid))
+    assert spec["containerEdits"]["env"] == [f"QAIC_VISIBLE_DEVICES={qids}"]
+    ids = sorted(i for d in got.devices for i in d.cdi_device_ids)
+    assert ids == sorted(f"{DRIVER_NAME}/claim={d['name']}" for d in spec["devices"])
+
+    # Health: a SoC whose device node vanishes is tainted, and untainted when it returns.
+    bad = device_name(socs[-1].pci_address)
+    node.remove_device_node(socs[-1].pci_address)
+    tainted = await wait_devices(client, lambda d: bool(d.get(bad, {}).get("taints")))
+    assert tainted[bad]["taints"][0]["key"] == f"{DRIVER_NAME}/unhealthy"
+    assert tainted[bad]["taints"][0]["effect"] == "NoSchedule"
+    node.restore_device_node(socs[-1].pci_address)
+    await wait_devices(client, lambda d: bad in d and not d[bad].get("taints"))
+
+    un = await kubelet.unprepare(DRIVER_NAME, [ref])
+    assert un.claims[uid].error == ""
+    assert not spec_path.exists()
+    assert proc.returncode is None

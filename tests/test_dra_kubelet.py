@@ -1,0 +1,236 @@
+"""The generic kubelet DRA machinery over real gRPC and real Unix sockets, driven by the
+kubelet stand-in (sim/dra_kubelet.py): registration, prepare/unprepare, the checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from qaic_device_plugin.kubelet.dra.checkpoint import Checkpoint
+from qaic_device_plugin.kubelet.dra.node import NodeService
+from qaic_device_plugin.kubelet.dra.plugin import DraPlugin
+from qaic_device_plugin.kubelet.dra.types import (
+    AllocatedClaim,
+    AllocatedDevice,
+    ClaimRef,
+    PreparedDevice,
+    PrepareError,
+)
+from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
+
+DRIVER = "gpu.example.com"
+A = ClaimRef("ns", "uid-a", "claim-a")
+B = ClaimRef("ns", "uid-b", "claim-b")
+
+
+class Claims:
+    """The API server's view of allocated claims (what kubelet does not send)."""
+
+    def __init__(self) -> None:
+        self.allocated = {
+            A.uid: AllocatedClaim(A, (AllocatedDevice("req", "node-1", "dev-0"),)),
+            B.uid: AllocatedClaim(
+                B,
+                (
+                    AllocatedDevice("r1", "node-1", "dev-1"),
+                    AllocatedDevice("r2", "node-1", "dev-2"),
+                ),
+            ),
+        }
+
+    async def get(self, ref: ClaimRef) -> AllocatedClaim:
+        if ref.uid not in self.allocated:
+            raise PrepareError("claim not allocated")
+        return self.allocated[ref.uid]
+
+
+class Driver:
+    def __init__(self) -> None:
+        self.prepared: list[str] = []
+        self.unprepared: list[tuple[str, tuple[str, ...]]] = []
+
+    async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
+        self.prepared.append(claim.ref.uid)
+        return [
+            PreparedDevice((d.request,), d.pool, d.device, (f"example.com/gpu={d.device}",))
+            for d in claim.devices
+        ]
+
+    async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
+        self.unprepared.append((ref.uid, tuple(d.device for d in devices)))
+
+
+@pytest.fixture
+def dirs() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="qaic-dra-"))  # short: Unix socket paths are limited
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_plugin(dirs: Path, driver: Driver) -> DraPlugin:
+    checkpoint = Checkpoint(dirs / "plugins" / DRIVER / "checkpoint.json")
+    checkpoint.load()
+    node = NodeService(driver, Claims(), checkpoint)
+    return DraPlugin(
+        DRIVER,
+        node,
+        plugins_dir=dirs / "plugins",
+        registry_dir=dirs / "registry",
+        resync_seconds=30.0,  # the inotify watch must do the work in these tests
+    )
+
+
+@pytest.fixture
+async def kubelet(dirs: Path) -> AsyncIterator[DraKubeletSim]:
+    async with DraKubeletSim(dirs / "registry") as sim:
+        yield sim
+
+
+async def test_registration_offers_v1_service_at_dra_sock(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    plugin = make_plugin(dirs, Driver())
+    await plugin.start()
+    try:
+        reg = await kubelet.wait_registered(DRIVER)
+        assert reg.endpoint == str(dirs / "plugins" / DRIVER / "dra.sock")
+        assert reg.versions == ("v1.DRAPlugin",)
+        assert reg.socket == dirs / "registry" / f"{DRIVER}-reg.sock"
+        assert plugin.registration.registered.is_set()  # kubelet's NotifyRegistrationStatus
+    finally:
+        await plugin.close()
+    assert not list((dirs / "registry").glob("*.sock"))
+
+
+async def test_prepare_unprepare_idempotent(
+    dirs: Path, kubelet: DraKubeletSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the log records are built too (a bad `extra` key raises)
+    driver = Driver()
+    plugin = make_plugin(dirs, driver)
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER)
+        unknown = ClaimRef("ns", "uid-x", "claim-x")
+        resp = await kubelet.prepare(DRIVER, [A, B, unknown])
+        assert set(resp.claims) == {A.uid, B.uid, unknown.uid}
+        b = resp.claims[B.uid]
+        assert b.error == ""
+        assert [(list(d.request_names), d.pool_name, d.device_name) for d in b.devices] == [
+            (["r1"], "node-1", "dev-1"),
+            (["r2"], "node-1", "dev-2"),
+        ]
+        assert list(b.devices[0].cdi_device_ids) == ["example.com/gpu=dev-1"]
+        assert "not allocated" in resp.claims[unknown.uid].error
+        again = await kubelet.prepare(DRIVER, [A, B])
+        assert again.claims[B.uid] == b  # answered from the checkpoint ...
+        assert driver.prepared == [A.uid, B.uid]  # ... without preparing twice
+
+        un = await kubelet.unprepare(DRIVER, [A])
+        assert un.claims[A.uid].error == ""
+        un = await kubelet.unprepare(DRIVER, [A])  # again: still fine, driver cleans by UID
+        assert un.claims[A.uid].error == ""
+        assert driver.unprepared == [(A.uid, ("dev-0",)), (A.uid, ())]
+    finally:
+        await plugin.close()
+
+
+async def test_prepared_claims_survive_a_plugin_restart(dirs: Path, kubelet: DraKubeletSim) -> None:
+    first = Driver()
+    plugin = make_plugin(dirs, first)
+    await plugin.start()
+    await kubelet.wait_registered(DRIVER)
+    before = await kubelet.prepare(DRIVER, [B])
+    await plugin.close()
+
+    second = Driver()
+    plugin = make_plugin(dirs, second)
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER, count=2)
+        after = await kubelet.prepare(DRIVER, [B])
+        assert after.claims[B.uid] == before.claims[B.uid]
+        assert second.prepared == []
+        await kubelet.unprepare(DRIVER, [B])
+        assert second.unprepared == [(B.uid, ("dev-1", "dev-2"))]  # devices from the checkpoint
+        doc = json.loads((dirs / "plugins" / DRIVER / "checkpoint.json").read_text())
+        assert doc == {"version": 1, "claims": {}}
+    finally:
+        await plugin.close()
+
+
+async def test_corrupt_checkpoint_is_logged_and_set_aside(
+    dirs: Path, kubelet: DraKubeletSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = dirs / "plugins" / DRIVER / "checkpoint.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"version": 1, "claims": {"uid-a": {"namesp')
+    driver = Driver()
+    with caplog.at_level(logging.ERROR):
+        plugin = make_plugin(dirs, driver)
+    assert any(getattr(r, "event", "") == "dra_checkpoint_bad" for r in caplog.records)
+    assert path.with_name("checkpoint.json.bad").exists()
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER)
+        resp = await kubelet.prepare(DRIVER, [A])
+        assert resp.claims[A.uid].error == ""
+        assert driver.prepared == [A.uid]
+        assert A.uid in json.loads(path.read_text())["claims"]
+    finally:
+        await plugin.close()
+
+
+async def test_removed_sockets_are_recreated_and_kubelet_re_registers(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    plugin = make_plugin(dirs, Driver())
+    await plugin.start()
+    run = asyncio.create_task(plugin.run())
+    try:
+        reg = await kubelet.wait_registered(DRIVER)
+        reg.socket.unlink()  # what a kubelet restart with a wiped registry dir does
+        await kubelet.wait_registered(DRIVER, count=2)
+        assert plugin.bound == 3
+        Path(reg.endpoint).unlink()
+        await plugin.wait_bound(4)  # the DRA socket comes back; kubelet re-dials it
+        resp = await kubelet.prepare(DRIVER, [A])
+        assert resp.claims[A.uid].error == ""
+        assert plugin.bound == 4
+    finally:
+        run.cancel()
+        await plugin.close()
+
+
+def test_bad_dra_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    from qaic_device_plugin.sim.process import plugin_command
+
+    out = subprocess.run(
+        plugin_command(),
+        env={"QAIC_ALLOCATION_API": "dra", "NODE_NAME": "Bad_Node", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "qaic-device-plugin: invalid setting NODE_NAME='Bad_Node': "
+        "accepted: the node's name (downward API spec.nodeName), a DNS subdomain"
+    ]
+    missing = subprocess.run(
+        plugin_command(), env={"QAIC_ALLOCATION_API": "dra"}, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "invalid setting NODE_NAME=''" in missing.stderr
+    bad = subprocess.run(
+        plugin_command(), env={"QAIC_ALLOCATION_API": "grpc"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "QAIC_ALLOCATION_API='grpc'" in bad.stderr
