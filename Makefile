@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 API := plugin_image/qaic_device_plugin/kubelet/api
 
-.PHONY: demo test proto bench bench-quick reliability image clean
+.PHONY: demo test e2e proto bench bench-quick reliability image clean
 
 demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubelet simulator
 	$(BIN)/python -m qaic_device_plugin.sim.demo
@@ -14,6 +14,10 @@ test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not e2e"
+
+e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, kube-apiserver, etcd; cached, built once) + the e2e tests
+	bash e2e/tools.sh
+	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m e2e
 
 $(STAMP): pyproject.toml package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

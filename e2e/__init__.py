@@ -1,1 +1,3 @@
-"""End-to-end helpers that drive the real tools (Pulumi CLI, kube-apiserver + etcd); see e2e/tools.sh."""
+"""End-to-end helpers that drive the real tools (Pulumi CLI, kube-apiserver, etcd).
+
+The tools come from e2e/tools.sh."""
