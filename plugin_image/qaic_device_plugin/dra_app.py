@@ -28,7 +28,7 @@ from .kubelet.dra.plugin import DraPlugin
 from .kubelet.dra.slices import SlicePublisher
 from .qaic.inventory import Inventory, NodeState
 from .qaic.model import QaicUtilEntry
-from .qaic.qaic_util import QaicUtilError, find_qaic_util, query_qaic_util
+from .qaic.qaic_util import QaicUtilFinder
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class DraApp:
         self.plugin = DraPlugin(
             DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir
         )
-        self.qaic_util_path = find_qaic_util(settings.qaic_util_path)
+        self.qaic_util_finder = QaicUtilFinder(settings.qaic_util_path)
         self._qaic_util: list[QaicUtilEntry] | None = None
         self._devices: list[Device] = []
         self._dirty = asyncio.Event()
@@ -87,15 +87,14 @@ class DraApp:
         self._publish.set()
 
     async def poll_qaic_util(self) -> None:
-        if self.qaic_util_path is None:
-            return
-        try:
-            self._qaic_util = await query_qaic_util(
-                self.qaic_util_path, self.settings.qaic_util_timeout_seconds
+        """One qaic-util run, looked for again each poll (the SDK may be mounted later); the
+        finder says once what its absence costs. Unreadable is not unhealthy."""
+        probe = await self.qaic_util_finder.find(self.settings.qaic_util_timeout_seconds)
+        self._qaic_util = probe.entries
+        if probe.path is not None and probe.error is not None:
+            log.warning(
+                "qaic-util failed", extra={"event": "qaic_util_failed", "error": probe.error}
             )
-        except QaicUtilError as e:  # unreadable is not unhealthy
-            self._qaic_util = None
-            log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": str(e)})
 
     # -- loops -------------------------------------------------------------------------------
 
