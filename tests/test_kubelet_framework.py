@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -116,7 +118,14 @@ async def test_kubelet_restart_reregisters(kubelet: KubeletSim, manager: PluginM
         await kubelet.restart()
         await kubelet.wait_registered("example.com/dev", count=n)
         await kubelet.wait_devices("example.com/dev", healthy=1)
-    assert manager.registrations("example.com/dev") == 4
+    # kubelet records a Register on receipt, the manager counts it when the reply arrives:
+    # await the count (bounded) rather than read it the instant kubelet saw the fourth.
+    async def four() -> None:
+        while manager.registrations("example.com/dev") < 4:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(four(), 10)
+    assert manager.registrations("example.com/dev") == 4  # exactly one per kubelet start
     assert (manager.plugin_dir / "example.com_dev.sock").is_socket()
 
 
