@@ -151,7 +151,9 @@ async def run(workdir: Path, sku_mode: bool) -> int:
             _say("\n== SIGTERM ==")
             t = time.monotonic()
             code = await plugin.stop()
-            left = sorted(p.name for p in plugin_dir.iterdir() if p.name != "kubelet.sock")
+            left = sorted(
+                p.name for p in plugin_dir.iterdir() if p.is_socket() and p.name != "kubelet.sock"
+            )
             _say(
                 f"plugin exited {code} in {_ms(time.monotonic() - t)}; "
                 f"sockets left behind: {left or 'none'}"
