@@ -96,7 +96,17 @@ async def test_metrics_healthz_nfd_and_cdi(
     await kubelet.wait_registered(ULTRA, count=2)
     await kubelet.wait_registered("qualcomm.com/qaic-pro", count=2)
     await kubelet.wait_registered("qualcomm.com/qaic-std", count=2)
-    _, text = await http_get(port, "/metrics")
+    # kubelet records a Register on receipt; the plugin counts it when the reply arrives, a
+    # moment later: await all three re-registrations in /metrics (bounded) before reading it.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        _, text = await http_get(port, "/metrics")
+        re_regs = samples(text, "qaic_registrations_total")
+        if sum(v for k, v in re_regs.items() if ("kind", "re") in k) >= 3:
+            break
+        assert loop.time() < deadline, text
+        await asyncio.sleep(0.05)
     trans = samples(text, "qaic_health_transitions_total")
     assert trans[(("signal", "device-node"), ("to", "unhealthy"))] == 1
     assert trans[(("signal", "device-node"), ("to", "healthy"))] == 1
