@@ -24,7 +24,7 @@ from .observability.metrics import Metrics
 from .qaic.cdi import CdiSpecFile
 from .qaic.discovery import discover
 from .qaic.health import Finding, Signal
-from .qaic.inventory import Inventory, NodeState, SocState
+from .qaic.inventory import Inventory, NodeState, SocState, log_health_changes
 from .qaic.model import QaicUtilEntry
 from .qaic.nfd import NfdFeatureFile
 from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
@@ -149,20 +149,7 @@ class App:
         state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
         state = self.held.apply(state)
         self.saved.save()  # before kubelet sees what the file must carry over a restart
-        before = self.state.by_pci() if self.state else {}
-        for s in state.socs:
-            old = before.get(s.soc.pci_address)
-            if old is None or old.healthy != s.healthy:
-                log.info(
-                    "SoC healthy" if s.healthy else "SoC unhealthy",
-                    extra={
-                        "event": "health",
-                        "pci": s.soc.pci_address,
-                        "accel": s.soc.accel_name,
-                        "healthy": s.healthy,
-                        "reasons": [f"{f.signal}: {f.detail}" for f in s.findings],
-                    },
-                )
+        log_health_changes(self.state, state)
         for u in state.unreadable:
             log.warning(
                 "health signal unreadable",

@@ -26,7 +26,7 @@ from .kubelet.dra.claims import ApiClaimSource
 from .kubelet.dra.node import NodeService
 from .kubelet.dra.plugin import DraPlugin
 from .kubelet.dra.slices import SlicePublisher
-from .qaic.inventory import Inventory, NodeState
+from .qaic.inventory import Inventory, NodeState, log_health_changes
 from .qaic.model import QaicUtilEntry
 from .qaic.qaic_util import QaicUtilFinder
 from .settings import Settings
@@ -69,19 +69,7 @@ class DraApp:
 
     def refresh(self) -> None:
         state = self.inventory.scan(self._qaic_util)
-        before = self.state.by_pci() if self.state else {}
-        for s in state.socs:
-            old = before.get(s.soc.pci_address)
-            if old is None or old.healthy != s.healthy:
-                log.info(
-                    "SoC healthy" if s.healthy else "SoC unhealthy",
-                    extra={
-                        "event": "health",
-                        "pci": s.soc.pci_address,
-                        "healthy": s.healthy,
-                        "reasons": [f"{f.signal}: {f.detail}" for f in s.findings],
-                    },
-                )
+        log_health_changes(self.state, state)
         self.state = state
         self._devices = self.driver.update(state.socs)
         self._publish.set()

@@ -233,3 +233,22 @@ class Inventory:
                     },
                 )
             self._skus[pci] = decision
+
+
+def log_health_changes(previous: NodeState | None, state: NodeState) -> None:
+    """One line per SoC whose health changed (or that is new), with the reasons: both modes
+    (device plugin and DRA) report health the same way."""
+    before = previous.by_pci() if previous else {}
+    for s in state.socs:
+        old = before.get(s.soc.pci_address)
+        if old is None or old.healthy != s.healthy:
+            log.info(
+                "SoC healthy" if s.healthy else "SoC unhealthy",
+                extra={
+                    "event": "health",
+                    "pci": s.soc.pci_address,
+                    "accel": s.soc.accel_name,
+                    "healthy": s.healthy,
+                    "reasons": [f"{f.signal}: {f.detail}" for f in s.findings],
+                },
+            )
