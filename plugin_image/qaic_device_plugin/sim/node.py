@@ -188,12 +188,17 @@ class FakeNode:
         device_nodes: DeviceNodes = "auto",
         dbcs: int = DBCS_PER_SOC,
         ras: bool = True,
+        qaic_util_path: Path | None = None,
     ) -> None:
-        """`dbcs=0` / `ras=False`: an older kernel without dbc<N>_state / RAS counter files."""
+        """`dbcs=0` / `ras=False`: an older kernel without dbc<N>_state / RAS counter files.
+
+        `qaic_util_path` (default root/bin/qaic-util) puts the tool where a deployment looks,
+        e.g. root/opt/qti-aic/tools/qaic-util for a hostPath mount of the SDK dir; its state
+        file sits beside it."""
         self.root = Path(root)
         self.sysfs_root = self.root / "sys"
         self.dev_root = self.root / "dev"
-        self.qaic_util_path = self.root / "bin" / "qaic-util"
+        self.qaic_util_path = qaic_util_path or self.root / "bin" / "qaic-util"
         self.state_path = self.qaic_util_path.with_name(STATE_NAME)
         self.foreign_accel = foreign_accel
         self.device_nodes: DeviceNodes = device_nodes

@@ -1,0 +1,82 @@
+"""Configuration files of containerd, its CNI network and the kubelet (REAL_PARTS.md §2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .pki import KeyPair
+
+CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+POD_SUBNET = "10.244.0.0/24"
+
+
+def containerd_toml(work: Path, sandbox_image: str) -> Path:
+    """`restrict_oom_score_adj`: there is no CAP_SYS_RESOURCE here, so runc cannot lower it."""
+    cni = work / "cni"
+    (cni / "net.d").mkdir(parents=True, exist_ok=True)
+    (cni / "net.d" / "10-qaic-e2e.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0",
+        "name": "qaic-e2e",
+        "plugins": [{
+            "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(cni / "ipam")},
+        }],
+    }, indent=1))
+    path = work / "containerd.toml"
+    path.write_text(f"""version = 2
+root = "{work / 'containerd/root'}"
+state = "{work / 'containerd/state'}"
+[grpc]
+  address = "{socket(work)}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN}"
+    conf_dir = "{cni / 'net.d'}"
+""")
+    return path
+
+
+def socket(work: Path) -> Path:
+    return work / "containerd" / "containerd.sock"
+
+
+def kubelet_yaml(work: Path, *, node_ip: str, ca: Path, serving: KeyPair) -> Path:
+    """A kubelet for a node of a real cluster, on this machine's quirks (cgroup v1, no udev).
+
+    Eviction thresholds are off: a shared CI disk must not taint the node mid-test.
+    """
+    path = work / "kubelet.yaml"
+    path.write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": node_ip,
+        "readOnlyPort": 0,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(ca)}},
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": str(serving.cert),
+        "tlsPrivateKeyFile": str(serving.key),
+        "cgroupDriver": "cgroupfs",
+        "failCgroupV1": False,
+        "failSwapOn": False,
+        "enforceNodeAllocatable": [],
+        "containerRuntimeEndpoint": f"unix://{socket(work)}",
+        "resolvConf": "",
+        "evictionHard": {"memory.available": "0%", "nodefs.available": "0%",
+                         "imagefs.available": "0%", "nodefs.inodesFree": "0%"},
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "nodeStatusUpdateFrequency": "2s",
+        "syncFrequency": "5s",
+        "shutdownGracePeriod": "0s",
+    }, indent=1))
+    return path
