@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import configs, fakenode, host, images
+from . import configs, fakenode, host, images, leftovers
 from .fakenode import ClusterNode
 from .host import NetNs, Undo
 from .pki import Pki, kubeconfig
@@ -36,6 +36,7 @@ KUBELET_DIR = Path("/var/lib/kubelet")  # fixed: the device-plugin dir lives und
 RUNTIME_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"), Path("/run/containerd"),
                 Path("/var/lib/cni"), Path("/run/netns"))
 LOCK = Path("/run/qaic-e2e.lock")
+NETNS = "qaic-e2e"
 HOST_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "buildah",
                  "nsenter", "ip", "iptables", "openssl")
 
@@ -247,6 +248,13 @@ def _claim_kubelet_dir(undo: Undo) -> None:
     undo.push(f"remove {KUBELET_DIR}", release)
 
 
+def down() -> bool:
+    """Clean up after a killed run (what `running` also does first); True if there was one."""
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return leftovers.recover(NETNS)
+
+
 @contextlib.contextmanager
 def running(work: Path | None = None) -> Iterator[Cluster]:
     """The cluster, from nothing to node Ready; everything undone on exit."""
@@ -258,16 +266,26 @@ def running(work: Path | None = None) -> Iterator[Cluster]:
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one cluster per machine: fixed paths below
+        leftovers.recover(NETNS)
         work = work or Path(tempfile.mkdtemp(prefix="qaic-e2e-"))
         undo = Undo()
         cluster: Cluster | None = None
         try:
             archives = [*images.sample_images(), images.plugin_image()]
+            state = leftovers.State(
+                str(work), sysctls={n: (Path("/proc/sys") / n).read_text()
+                                    for n in host.KUBELET_SYSCTLS},
+                new_dirs=[str(d) for d in RUNTIME_DIRS if not d.exists()],
+                netns_before=sorted(host.netns_names()),
+                owned=[str(KUBELET_DIR), str(fakenode.E2E_ROOT), "/dev/accel"],
+            )
+            state.save()
+            undo.push("state file", state.remove)
             host.save_sysctls(undo)
             host.remove_if_new(undo, RUNTIME_DIRS)
             host.remove_new_netns(undo)
             _claim_kubelet_dir(undo)
-            netns = NetNs("qaic-e2e", host.pick_subnet())
+            netns = NetNs(NETNS, host.pick_subnet())
             netns.create(undo)
             node = fakenode.create(undo)
             pki = Pki.create(work / "pki")

@@ -51,7 +51,8 @@ def create(undo: Undo, host_dev: Path = Path("/dev")) -> ClusterNode:
     E2E_ROOT.mkdir(parents=True, exist_ok=True)
     undo.push("fake node tree", lambda: shutil.rmtree(E2E_ROOT, ignore_errors=True))
     fake = FakeNode(NODE_ROOT, DEMO_CARDS, device_nodes="char",
-                    qaic_util_path=NODE_ROOT / "opt/qti-aic/tools/qaic-util")
+                    qaic_util_path=NODE_ROOT / "opt/qti-aic/tools/qaic-util",
+                    qaic_util_python="/usr/bin/python3")  # runs inside the plugin's image
     fake.write()
     MARKER.touch()
     accel_dir.mkdir()

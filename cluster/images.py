@@ -111,24 +111,28 @@ def sample_images() -> list[Archive]:
     return out
 
 
+def _revision(ref: str) -> str:
+    return run("buildah", "inspect", "--type", "image", "--format",
+               '{{index .OCIv1.Config.Labels "org.opencontainers.image.revision"}}', ref,
+               check=False).stdout.strip()
+
+
 def plugin_image() -> Archive:
-    """The image stage's image for this arch, tagged PLUGIN; runs the stage when it is missing
-    (or when QAIC_E2E_REBUILD_IMAGE=1), so `make e2e` alone still tests a real build."""
+    """The image stage's image for this arch, tagged PLUGIN. The stage runs first when that
+    image is missing, was built from another commit than the checkout's HEAD (another
+    worktree may share the tag), or QAIC_E2E_REBUILD_IMAGE=1: `make e2e` alone still tests
+    a real build of this commit."""
     source = image_stage_tag()
-    if os.environ.get("QAIC_E2E_REBUILD_IMAGE") == "1" or buildah_image_id(source) is None:
-        log.warning("building the plugin image with .ci/image-stage.sh (%s missing)", source)
+    head = run("git", "-C", str(REPO_ROOT), "rev-parse", "HEAD", check=False).stdout.strip()
+    stale = buildah_image_id(source) is None or _revision(source) != head
+    if os.environ.get("QAIC_E2E_REBUILD_IMAGE") == "1" or stale:
+        log.warning("building the plugin image with .ci/image-stage.sh (%s %s)", source,
+                    "is from another commit" if buildah_image_id(source) else "is missing")
         proc = subprocess.run(["bash", str(REPO_ROOT / ".ci/image-stage.sh")], cwd=REPO_ROOT,
                               capture_output=True, text=True)
         if proc.returncode != 0 or buildah_image_id(source) is None:
             raise RuntimeError(f"image stage did not leave {source}:\n{proc.stdout[-3000:]}"
                                f"\n{proc.stderr[-2000:]}")
-    revision = run("buildah", "inspect", "--type", "image", "--format",
-                   '{{index .ImageAnnotations "org.opencontainers.image.revision"}}', source,
-                   check=False).stdout.strip()
-    head = run("git", "-C", str(REPO_ROOT), "rev-parse", "HEAD", check=False).stdout.strip()
-    if revision and head and revision != head:
-        log.warning("plugin image %s is from %s, the checkout is at %s "
-                    "(QAIC_E2E_REBUILD_IMAGE=1 rebuilds it)", source, revision[:12], head[:12])
     run("buildah", "tag", source, PLUGIN)
     image_id = buildah_image_id(PLUGIN)
     assert image_id is not None

@@ -19,7 +19,12 @@ escalation, all capabilities dropped, RuntimeDefault seccomp.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi_kubernetes as k8s
 
@@ -139,6 +144,24 @@ def ultra_job_spec(params: WorkloadParams) -> tuple[str, k8s.batch.v1.JobSpecArg
             "spec": _pod(params, 4, show_command(stay=False), "Never"),
         },
     }
+
+
+def versioned(name: str, spec: Mapping[str, Any]) -> str:
+    """``name-<8 hex of the spec>``: the name of an object whose spec is immutable (Pod, Job).
+
+    A changed spec then means a new name, so the provider's preview of the replacement is a
+    dry-run create of an object that does not exist yet, which the API server accepts. With
+    a fixed name it is an update of the running pod, which it refuses ("pod updates may not
+    change fields other than ..."), and a changed stack needed three `pulumi up` runs
+    (issue 13 item 10). The same spec keeps the same name: renders stay stable for GitOps.
+    """
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{name}-{digest[:8]}"
+
+
+def unversioned(name: str) -> str:
+    """The sample's name without the spec hash `versioned` adds."""
+    return re.sub(r"-[0-9a-f]{8}$", "", name)
 
 
 def labels_for(name: str) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """Workloads: the sample AI 100 workloads the stack turns on, in their own namespace.
 
-Pods and Jobs with fixed names cannot be changed in place (pod spec and job template are
-immutable), so a change of their spec -- SKU mode, image, tolerations -- replaces them:
-the old one is deleted first and its deletion awaited (same name), then the new one is
-created and awaited (the pod example Ready, the job Complete). No ``pulumi.com/skipAwait``:
-it would also skip waiting for the old object's deletion, and it is a Pulumi-only
-annotation that has no business in rendered GitOps manifests.
+Pods and Jobs cannot be changed in place (pod spec and job template are immutable), so a
+change of their spec -- SKU mode, image, tolerations -- replaces them. Their names carry a
+hash of the spec (``workloads.samples.versioned``): the replacement has a new name, so the
+preview's dry-run create is accepted by a real API server (with a fixed name it is refused
+as a pod update). The old one is deleted first and its deletion awaited (its SoCs are free
+again), then the new one is created and awaited (the pod example Ready, the job Complete).
+No ``pulumi.com/skipAwait``: it would also skip waiting for the old object's deletion, and
+it is a Pulumi-only annotation that has no business in rendered GitOps manifests.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from workloads.samples import (
     labels_for,
     pod_example_spec,
     ultra_job_spec,
+    versioned,
 )
 
 TYPE_TOKEN = "qaic-k8s:index:Workloads"
@@ -73,10 +76,11 @@ class Workloads(pulumi.ComponentResource):
             )
 
         if s.workload_pod_example:
-            pod_name, pod = pod_example_spec(params(s.workload_resource))
+            app, pod = pod_example_spec(params(s.workload_resource))
+            pod_name = versioned(app, pod)
             self.resources.append(k8s.core.v1.Pod(
                 f"{name}-pod-example",
-                metadata={"name": pod_name, "namespace": namespace, "labels": labels_for(pod_name)},
+                metadata={"name": pod_name, "namespace": namespace, "labels": labels_for(app)},
                 spec=pod,
                 opts=immutable,
             ))
@@ -91,10 +95,11 @@ class Workloads(pulumi.ComponentResource):
             ))
             self.created.append(f"Deployment/{namespace}/{dep_name}")
         if s.workload_ultra_job:
-            job_name, job = ultra_job_spec(params(s.ultra_job_resource))
+            app, job = ultra_job_spec(params(s.ultra_job_resource))
+            job_name = versioned(app, job)
             self.resources.append(k8s.batch.v1.Job(
                 f"{name}-ultra-job",
-                metadata={"name": job_name, "namespace": namespace, "labels": labels_for(job_name)},
+                metadata={"name": job_name, "namespace": namespace, "labels": labels_for(app)},
                 spec=job,
                 opts=immutable,
             ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pulumi
@@ -24,6 +25,7 @@ from infra.components.workloads import Workloads, WorkloadsArgs
 from infra.config import load_settings
 from infra.image_spec import load_image_spec, read_version
 from infra.settings import StackSettings
+from workloads.samples import unversioned
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -281,7 +283,7 @@ ALL_ON = {"workloadPodExample": True, "workloadDeployment": True, "workloadUltra
 
 def test_workloads_ask_for_the_pool_when_sku_mode_is_off() -> None:
     mocks, out = workloads(cfg(**ALL_ON))
-    assert out["created"] == ["Pod/qaic-workloads/qaic-pod-example",
+    assert [unversioned(w) for w in out["created"]] == ["Pod/qaic-workloads/qaic-pod-example",
                               "Deployment/qaic-workloads/qaic-inference",
                               "Job/qaic-workloads/qaic-ultra-4soc"]
     assert requested(mocks.one("kubernetes:core/v1:Pod").inputs) == {"qualcomm.com/qaic": "1"}
@@ -291,6 +293,21 @@ def test_workloads_ask_for_the_pool_when_sku_mode_is_off() -> None:
     dep = manifest(mocks.one("kubernetes:apps/v1:Deployment"))
     assert dep["spec"]["template"]["spec"]["securityContext"]["runAsGroup"] == 995
     assert any("Workloads$kubernetes:batch/v1:Job::w-ultra-job" in u for u in registered_urns())
+
+
+def test_immutable_samples_are_named_by_their_spec() -> None:
+    """Issue 13 item 10: a changed Pod/Job spec gets a new name (a real API server accepts
+    the preview's dry-run create of the replacement); the same spec keeps its name."""
+    def names(**extra: Any) -> dict[str, str]:
+        _, out = workloads(cfg(**ALL_ON, **extra))
+        return {w.split("/")[0]: w.split("/")[2] for w in out["created"]}
+
+    base, again, sku = names(), names(), names(skuBasedResources=True)
+    assert base == again
+    for kind in ("Pod", "Job"):
+        assert re.fullmatch(r"qaic-(pod-example|ultra-4soc)-[0-9a-f]{8}", base[kind]), base
+        assert sku[kind] != base[kind]
+    assert base["Deployment"] == sku["Deployment"] == "qaic-inference"  # updated in place
 
 
 def test_workloads_ask_for_the_sku_when_sku_mode_is_on() -> None:
@@ -303,5 +320,5 @@ def test_workloads_ask_for_the_sku_when_sku_mode_is_on() -> None:
 
 def test_no_workloads_means_no_namespace() -> None:
     mocks, out = workloads(cfg())
-    assert out["created"] == [] and [r.typ for r in mocks.resources] == [
+    assert [unversioned(w) for w in out["created"]] == [] and [r.typ for r in mocks.resources] == [
         "qaic-k8s:index:Workloads"]

@@ -28,6 +28,7 @@ from infra_harness import (
 
 from infra.components.image import host_platform
 from infra.image_spec import read_version
+from workloads.samples import unversioned
 
 VERSION = read_version()
 SHA12 = "0123456789ab"
@@ -59,7 +60,7 @@ def workload_requests(run: Run) -> dict[str, dict[str, str]]:
             spec = obj["spec"]
             pod = spec["template"]["spec"] if "template" in spec else spec
             limits = pod["containers"][0]["resources"]["limits"]
-            out[obj["metadata"]["name"]] = {
+            out[unversioned(obj["metadata"]["name"])] = {
                 k: v for k, v in limits.items() if k.startswith("qualcomm.com/")
             }
     return out
@@ -101,7 +102,7 @@ def test_stack_dev() -> None:
     assert pod["nodeSelector"] == {"qualcomm.com/qaic": "true"}
     assert o["resourceNames"] == ["qualcomm.com/qaic"]
     assert workload_requests(run) == {"qaic-pod-example": {"qualcomm.com/qaic": "1"}}
-    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example"]
+    assert [unversioned(w) for w in o["workloads"]] == ["Pod/qaic-workloads/qaic-pod-example"]
     # Nothing secret in dev.
     assert read_stack(STACKS["dev"])[1] == []
 
@@ -169,7 +170,7 @@ def test_stack_ultra_prod() -> None:
         "qaic-pod-example": {"qualcomm.com/qaic-ultra": "1"},
         "qaic-ultra-4soc": {"qualcomm.com/qaic-ultra": "4"},
     }
-    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example",
+    assert [unversioned(w) for w in o["workloads"]] == ["Pod/qaic-workloads/qaic-pod-example",
                               "Job/qaic-workloads/qaic-ultra-4soc"]
     assert {"key": "qualcomm.com/ultra", "operator": "Equal", "value": "present",
             "effect": "NoExecute"} in pod["tolerations"]
@@ -197,7 +198,7 @@ def test_stack_e2e() -> None:
     env = plugin_env(run)
     assert env["QAIC_SKU_BASED_RESOURCE_ENABLED"] == "false"
     assert env["QAIC_UDEV_ENABLED"] == "false"
-    assert o["workloads"] == ["Pod/qaic-workloads/qaic-pod-example",
+    assert [unversioned(w) for w in o["workloads"]] == ["Pod/qaic-workloads/qaic-pod-example",
                               "Deployment/qaic-workloads/qaic-inference",
                               "Job/qaic-workloads/qaic-ultra-4soc"]
     for obj in kubernetes_objects(run.mocks):

@@ -189,16 +189,19 @@ class FakeNode:
         dbcs: int = DBCS_PER_SOC,
         ras: bool = True,
         qaic_util_path: Path | None = None,
+        qaic_util_python: str | None = None,
     ) -> None:
         """`dbcs=0` / `ras=False`: an older kernel without dbc<N>_state / RAS counter files.
 
         `qaic_util_path` (default root/bin/qaic-util) puts the tool where a deployment looks,
         e.g. root/opt/qti-aic/tools/qaic-util for a hostPath mount of the SDK dir; its state
-        file sits beside it."""
+        file sits beside it. `qaic_util_python` is the fake tool's interpreter (default: found
+        through /usr/bin/env), e.g. /usr/bin/python3 inside an image without /usr/bin/env."""
         self.root = Path(root)
         self.sysfs_root = self.root / "sys"
         self.dev_root = self.root / "dev"
         self.qaic_util_path = qaic_util_path or self.root / "bin" / "qaic-util"
+        self.qaic_util_python = qaic_util_python
         self.state_path = self.qaic_util_path.with_name(STATE_NAME)
         self.foreign_accel = foreign_accel
         self.device_nodes: DeviceNodes = device_nodes
@@ -416,7 +419,10 @@ class FakeNode:
             self._write_accel(self._foreign, 0)
         for soc in sorted(self._socs.values(), key=lambda s: s.fn.address):
             self._write_soc(soc, written)
-        self.qaic_util_path.write_text(QAIC_UTIL_SCRIPT)
+        script = QAIC_UTIL_SCRIPT
+        if self.qaic_util_python:
+            script = script.replace("#!/usr/bin/env python3", f"#!{self.qaic_util_python}", 1)
+        self.qaic_util_path.write_text(script)
         self.qaic_util_path.chmod(0o755)
         self._save_state()
 
