@@ -33,6 +33,10 @@ APPLETS = ("sh", "ls", "sleep", "cat", "env", "echo", "true", "test", "[", "prin
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 
 
+#: What the image is built from (plugin_image/.dockerignore keeps the rest out).
+IMAGE_INPUTS = ("plugin_image", "pyproject.toml", ".dockerignore")
+
+
 def host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
@@ -124,7 +128,11 @@ def plugin_image() -> Archive:
     a real build of this commit."""
     source = image_stage_tag()
     head = run("git", "-C", str(REPO_ROOT), "rev-parse", "HEAD", check=False).stdout.strip()
-    stale = buildah_image_id(source) is None or _revision(source) != head
+    built = _revision(source) if buildah_image_id(source) else ""
+    # Another commit's image still serves when nothing that goes into the image changed.
+    stale = not built or (built != head and run(
+        "git", "-C", str(REPO_ROOT), "diff", "--quiet", built, head, "--", *IMAGE_INPUTS,
+        check=False).returncode != 0)
     if os.environ.get("QAIC_E2E_REBUILD_IMAGE") == "1" or stale:
         log.warning("building the plugin image with .ci/image-stage.sh (%s %s)", source,
                     "is from another commit" if buildah_image_id(source) else "is missing")

@@ -283,8 +283,8 @@ def test_switching_sku_mode_takes_one_up(cluster: Cluster, stack: Stack) -> None
     for app, pod in samples.items():
         limits = pod["spec"]["containers"][0]["resources"]["limits"]
         assert all(k.startswith("qualcomm.com/qaic-") for k in limits if "qualcomm" in k), app
-    assert samples["qaic-ultra-4soc"]["spec"]["containers"][0]["resources"]["limits"] == {
-        "qualcomm.com/qaic-ultra": "4"}
+    job_limits = samples["qaic-ultra-4soc"]["spec"]["containers"][0]["resources"]["limits"]
+    assert qaic_resources(job_limits) == {"qualcomm.com/qaic-ultra": 4}
     check_sample_views(cluster)
     proc = stack.run("preview", "--expect-no-changes")
     assert proc.returncode == 0, proc.stdout[-3000:]
