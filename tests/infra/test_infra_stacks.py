@@ -246,8 +246,8 @@ def test_main_exports_outputs_and_turns_config_errors_into_one_line(
     pulumi.runtime.set_all_config(config, secrets)
     program.main()
     assert set(exported) == {"imageRef", "imageTags", "imageBuilt", "namespace",
-                             "daemonSetName", "skuBasedResources", "resourceNames",
-                             "workloads", "renderYamlDir"}
+                             "daemonSetName", "allocationApi", "skuBasedResources",
+                             "resourceNames", "deviceClasses", "workloads", "renderYamlDir"}
     pulumi.runtime.set_all_config({**config, "qaic-k8s:push": "true"}, secrets)
     logged: list[str] = []
     monkeypatch.setattr(pulumi.log, "error", lambda msg, *a, **k: logged.append(msg))
