@@ -40,7 +40,7 @@ def test_every_stack_file_has_its_own_test() -> None:
     tested = {name[len("test_stack_"):].replace("_", "-") for name in globals()
               if name.startswith("test_stack_")}
     assert set(STACKS) == tested
-    assert {"dev", "edge-pool", "ultra-prod", "e2e"} <= set(STACKS)
+    assert {"dev", "edge-pool", "ultra-prod", "e2e", "dra-example"} <= set(STACKS)
 
 
 def daemonset(run: Run) -> dict[str, Any]:
@@ -210,18 +210,61 @@ def test_stack_e2e() -> None:
     assert read_stack(STACKS["e2e"])[1] == []  # nothing secret
 
 
+def test_stack_dra_example() -> None:
+    """DRA mode (issue 12 part 3): the DRA driver DaemonSet, its classes, RBAC and policy,
+    and the samples claiming SoCs through ResourceClaimTemplates. Details: test_infra_dra."""
+    run = run_stack_file(STACKS["dra-example"])
+    o = run.outputs
+    (prov,) = k8s_providers(run)
+    assert prov["renderYamlToDirectory"] == str(ROOT / "out" / "manifests" / "dra-example")
+    assert_all_k8s_on_the_stack_provider(run)
+    assert run.mocks.of_type("docker-build:index:Image") == []
+    assert o["allocationApi"] == "dra" and o["resourceNames"] == []
+    assert o["daemonSetName"] == "qaic-dra-driver"
+    assert o["deviceClasses"][0] == "qaic.qualcomm.com"
+    assert "ultra.qaic.qualcomm.com" in o["deviceClasses"]
+    env = {e["name"]: e.get("value") for e in daemonset(run)["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["QAIC_ALLOCATION_API"] == "dra" and "NODE_NAME" in env
+    assert workload_requests(run) == {"qaic-pod-example": {}, "qaic-inference": {},
+                                      "qaic-ultra-4soc": {}}  # no extended resources
+    assert o["workloads"] == [
+        "ResourceClaimTemplate/qaic-workloads/qaic-pod-example",
+        "Pod/qaic-workloads/qaic-pod-example",
+        "ResourceClaimTemplate/qaic-workloads/qaic-inference",
+        "Deployment/qaic-workloads/qaic-inference",
+        "ResourceClaimTemplate/qaic-workloads/qaic-ultra-4soc",
+        "Job/qaic-workloads/qaic-ultra-4soc",
+    ]
+    kinds = {x["kind"] for x in kubernetes_objects(run.mocks)}
+    assert {"DeviceClass", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding", "ResourceClaimTemplate"} <= kinds
+    assert read_stack(STACKS["dra-example"])[1] == []  # nothing secret
+
+
+#: DRA mode needs resource.k8s.io/v1 (GA, and in the schemas, from Kubernetes 1.34; the
+#: pods' resourceClaims[].resourceClaimTemplateName from 1.31): its stacks are validated
+#: against 1.34 and the latest schemas instead of 1.30.
+DRA_K8S_VERSIONS = ["1.34", kubernetes_validate.utils.latest_version()]
+
+
 @pytest.mark.parametrize("path", list(STACKS.values()), ids=list(STACKS))
 def test_every_object_passes_strict_schema_validation(path: Path) -> None:
-    objects = kubernetes_objects(run_stack_file(path).mocks)
+    run = run_stack_file(path)
+    objects = kubernetes_objects(run.mocks)
     kinds = {o["kind"] for o in objects}
     assert {"DaemonSet", "ServiceAccount"} <= kinds
-    for version in K8S_VERSIONS:
+    checked = 0
+    versions = DRA_K8S_VERSIONS if run.outputs["allocationApi"] == "dra" else K8S_VERSIONS
+    for version in versions:
         for obj in objects:
+            checked += 1
             name = f"{obj['kind']}/{obj['metadata']['name']}"
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(f"{path.name} {name} k8s {version}: {exc.caused_by.message}")
+    assert checked == 2 * len(objects)
 
 
 def test_strict_validation_would_catch_a_bad_field() -> None:
