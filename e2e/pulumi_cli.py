@@ -29,6 +29,21 @@ PULUMI_K8S_VERSION = os.environ.get("PULUMI_K8S_VERSION", "4.25.0")
 EXAMPLE_PASSPHRASE = "qaic-k8s-example"
 
 
+def copy_checkout(dest: Path, root: Path = REPO_ROOT) -> Path:
+    """The checkout's files as git sees them (tracked and new, not ignored), copied to
+    ``dest``: the CLI may then rewrite stack files and render manifests there freely."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = root / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(src.read_bytes())
+    return dest
+
+
 def tool_bins(tools: Path = TOOLS_DIR) -> list[Path]:
     """The CLI's and the kubernetes provider's bin dirs; only finished builds (``.done``)."""
     dirs = [

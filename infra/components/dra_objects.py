@@ -79,8 +79,10 @@ def service_account_user(namespace: str, service_account: str) -> str:
     return f"system:serviceaccount:{namespace}:{service_account}"
 
 
-#: The node the caller's token is bound to ('' if none).
-USER_NODE = f"request.userInfo.extra[?'{NODE_NAME_EXTRA}'][0].orValue('')"
+#: The node the caller's token is bound to ('' if none). ``?extra``: a user without any extra
+#: has no ``extra`` key at all, and plain ``.extra`` would fail the evaluation ("no such key")
+#: instead of giving the message below (dra-example-driver's policy reads ``.extra``).
+USER_NODE = f"request.userInfo.?extra[?'{NODE_NAME_EXTRA}'][0].orValue('')"
 #: The slice's node: the old object on DELETE ('' for a slice without a node).
 OBJECT_NODE = '(request.operation == "DELETE" ? oldObject : object).spec.?nodeName.orValue("")'
 NO_NODE_MESSAGE = (
