@@ -276,3 +276,22 @@ def test_bad_allocation_api_settings_are_one_line(raw: dict[str, str], line: str
 def test_sku_overrides_are_allowed_in_dra_mode() -> None:
     s = load_settings("unit", {"allocationApi": "dra", "skuOverrides": '["0000:35:00.0=pro"]'})
     assert s.dra and s.resource_names == [] and s.sku_overrides == ("0000:35:00.0=pro",)
+
+
+def test_dra_objects_are_children_of_the_dra_driver_component() -> None:
+    from infra_harness import registered_urns
+
+    run_dra()
+    urns = registered_urns()
+    driver = "qaic-k8s:index:DraDriver"  # (the mocks' URNs name the direct parent only)
+    assert any(u.endswith(f"DevicePlugin${driver}::qaic-device-plugin-dra") for u in urns)
+    for child, name in [
+        ("kubernetes:resource.k8s.io/v1:DeviceClass", "qaic-device-plugin-dra-class-ultra"),
+        ("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", "qaic-device-plugin-dra-role"),
+        ("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy",
+         "qaic-device-plugin-dra-slice-policy"),
+        ("kubernetes:apps/v1:DaemonSet", "qaic-device-plugin-dra-daemonset"),
+    ]:
+        assert any(f"{driver}${child}::{name}" in u for u in urns), child
+    templates = "qaic-k8s:index:Workloads$kubernetes:resource.k8s.io/v1:ResourceClaimTemplate"
+    assert any(f"{templates}::qaic-samples-qaic-ultra-4soc-claims" in u for u in urns)
