@@ -124,9 +124,16 @@ def _check_combinations(stack: str, s: StackSettings, secrets: set[str] | frozen
     if s.create_pull_secret and not s.registry_username:
         raise fail("createPullSecret", "true",
                    "needs 'qaic-k8s:registryUsername' and 'qaic-k8s:registryPassword'")
-    if s.sku_overrides and not s.sku_based_resources:
-        raise fail("skuOverrides", list(s.sku_overrides),
-                   "has no effect unless 'qaic-k8s:skuBasedResources' is true")
+    if s.dra and s.sku_based_resources:
+        raise fail("skuBasedResources", "true", "conflicts with 'qaic-k8s:allocationApi' = "
+                   "'dra' (a DRA device carries its SKU as an attribute; ask for a SKU with its "
+                   "DeviceClass instead of an extended resource)")
+    if s.dra and s.allowed_device_shares > 1:
+        raise fail("allowedDeviceShares", s.allowed_device_shares, "conflicts with "
+                   "'qaic-k8s:allocationApi' = 'dra' (the DRA driver allocates whole SoCs)")
+    if s.sku_overrides and not (s.sku_based_resources or s.dra):
+        raise fail("skuOverrides", list(s.sku_overrides), "has no effect unless "
+                   "'qaic-k8s:skuBasedResources' is true or 'qaic-k8s:allocationApi' is 'dra'")
     if s.workload_ultra_job and s.allowed_device_shares > 1:
         raise fail("workloadUltraJob", "true",
                    "needs 'qaic-k8s:allowedDeviceShares' = 1 (shares turn topology-aware "

@@ -78,8 +78,10 @@ def run(settings: StackSettings | None = None) -> Program:
         "imageBuilt": image.built,
         "namespace": plugin.namespace,
         "daemonSetName": plugin.daemonset_name,
+        "allocationApi": s.allocation_api,
         "skuBasedResources": s.sku_based_resources,
         "resourceNames": plugin.resource_names,
+        "deviceClasses": plugin.device_class_names,
         "workloads": workloads.created,
         "renderYamlDir": render_dir(s) if s.render_mode else "",
     }

@@ -1,5 +1,6 @@
 """Typed stack configuration: every key a stack file can set, with its default and what it
-accepts. Loading and the cross-key checks are in :mod:`infra.config`.
+accepts. Loading and the cross-key checks are in :mod:`infra.config`; the plugin's own
+settings (its container environment, ``allocationApi``) are in :mod:`infra.settings_plugin`.
 
 Values the plugin validates itself (PCI addresses, SKU names) are checked with the plugin's
 own definitions from ``qaic_device_plugin.contracts``, so the two can never disagree.
@@ -7,10 +8,9 @@ own definitions from ``qaic_device_plugin.contracts``, so the two can never disa
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from infra.config_parts import (
     DNS_LABEL,
@@ -20,19 +20,17 @@ from infra.config_parts import (
     json_list,
     parse_toleration,
 )
-from qaic_device_plugin.contracts import RESOURCE_PREFIX, SKU_NAMES, parse_sku_overrides
+from infra.settings_plugin import PluginSettings
+from qaic_device_plugin.contracts import RESOURCE_PREFIX, SKU_NAMES
 
 PROJECT = "qaic-k8s"
 #: The SKUs the stack's outputs and sample workloads name (the common AI 100 cards).
 SAMPLE_SKUS: tuple[str, ...] = ("std", "pro", "ultra")
 _SKUS_TEXT = ", ".join(SKU_NAMES)
-_ABS_PATH = r"^/.*$"
 
 
-class StackSettings(BaseModel):
+class StackSettings(PluginSettings):
     """Everything a cluster stack can differ in. Field aliases are the config keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     # --- where the manifests go -----------------------------------------------------------
     render_yaml_dir: str = Field(
@@ -82,79 +80,6 @@ class StackSettings(BaseModel):
     )
     create_pull_secret: bool = Field(
         default=False, alias="createPullSecret", description="true or false"
-    )
-    # --- the plugin's settings (environment variables) -----------------------------------
-    sku_based_resources: bool = Field(
-        default=False, alias="skuBasedResources", description="true or false"
-    )
-    allowed_device_shares: int = Field(
-        default=1, alias="allowedDeviceShares", ge=1, le=64, description="an integer from 1 to 64"
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", alias="logLevel", description="debug, info, warning or error"
-    )
-    log_format: Literal["text", "json"] = Field(
-        default="text", alias="logFormat", description="text or json"
-    )
-    metrics_port: int = Field(
-        default=9410,
-        alias="metricsPort",
-        ge=0,
-        le=65535,
-        description="an integer from 0 to 65535 (0 disables /metrics and /healthz)",
-    )
-    multi_soc_policy: Literal["prefer", "require"] = Field(
-        default="prefer", alias="multiSocPolicy", description="prefer or require"
-    )
-    health_poll_seconds: int = Field(
-        default=30,
-        alias="healthPollSeconds",
-        ge=1,
-        le=3600,
-        description="an integer from 1 to 3600",
-    )
-    ue_cooldown_seconds: int = Field(
-        default=300,
-        alias="ueCooldownSeconds",
-        ge=1,
-        le=86400,
-        description="an integer from 1 to 86400",
-    )
-    udev_enabled: bool = Field(default=True, alias="udevEnabled", description="true or false")
-    udev_source: Literal["udev", "kernel"] = Field(
-        default="udev", alias="udevSource", description="udev or kernel"
-    )
-    prestart_check: bool = Field(default=True, alias="prestartCheck", description="true or false")
-    nfd_features_dir: str = Field(
-        default="",
-        alias="nfdFeaturesDir",
-        pattern=r"^(/.*)?$",
-        description="an absolute host path (empty = NFD feature files off)",
-    )
-    cdi_enabled: bool = Field(default=False, alias="cdiEnabled", description="true or false")
-    cdi_dir: str = Field(
-        default="/var/run/cdi",
-        alias="cdiDir",
-        pattern=r"^/.+$",
-        description="an absolute host path",
-    )
-    sku_overrides: tuple[str, ...] = Field(
-        default=(),
-        alias="skuOverrides",
-        description=f'a JSON array of "<pci address>=<sku>" strings, sku one of {_SKUS_TEXT}',
-    )
-    host_sysfs_path: str = Field(
-        default="/sys", alias="hostSysfsPath", pattern=_ABS_PATH,
-        description="an absolute host path",
-    )
-    host_dev_path: str = Field(
-        default="/dev", alias="hostDevPath", pattern=_ABS_PATH, description="an absolute host path"
-    )
-    host_sdk_path: str = Field(
-        default="/opt/qti-aic",
-        alias="hostSdkPath",
-        pattern=_ABS_PATH,
-        description="an absolute host path (the Platform SDK directory holding tools/qaic-util)",
     )
     # --- placement and footprint ---------------------------------------------------------
     host_network: bool = Field(default=True, alias="hostNetwork", description="true or false")
@@ -212,23 +137,13 @@ class StackSettings(BaseModel):
     # --- CI ------------------------------------------------------------------------------
     ci_deploy: bool = Field(default=False, alias="ciDeploy", description="true or false")
 
-    @field_validator("sku_overrides", "node_selector", "tolerations", mode="before")
+    @field_validator("node_selector", "tolerations", mode="before")
     @classmethod
     def _arrays_from_json(cls, value: Any) -> Any:
         value = json_list(value)
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError("not an array of strings")
         return tuple(value)
-
-    @field_validator("sku_overrides")
-    @classmethod
-    def _check_overrides(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            address, eq, sku = item.partition("=")
-            if not eq:
-                raise ValueError(f"bad entry {item!r}")
-            parse_sku_overrides({address: sku})  # the plugin's own rule
-        return value
 
     @field_validator("workload_sku")
     @classmethod
@@ -282,7 +197,10 @@ class StackSettings(BaseModel):
 
     @property
     def resource_names(self) -> list[str]:
-        """Extended resources the plugin offers (per SKU present on a node in SKU mode)."""
+        """Extended resources the plugin offers (per SKU present on a node in SKU mode);
+        none in DRA mode (SoCs are devices in ResourceSlices there)."""
+        if self.dra:
+            return []
         if not self.sku_based_resources:
             return [RESOURCE_PREFIX]
         return [f"{RESOURCE_PREFIX}-{sku}" for sku in SAMPLE_SKUS]
@@ -308,11 +226,6 @@ class StackSettings(BaseModel):
     @property
     def toleration_list(self) -> list[dict[str, str]]:
         return [parse_toleration(t).as_k8s() for t in self.tolerations]
-
-    @property
-    def sku_overrides_json(self) -> str:
-        pairs = (item.partition("=") for item in self.sku_overrides)
-        return json.dumps({address: sku for address, _, sku in pairs}, sort_keys=True)
 
     @property
     def any_workload(self) -> bool:

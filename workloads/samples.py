@@ -8,6 +8,11 @@
   four SoCs behind its on-card PCIe switch, so with SKU mode on it asks for
   ``qualcomm.com/qaic-ultra: 4`` and fits exactly one Ultra card.
 
+In DRA mode (``claim_template`` set) a sample asks for no extended resource: its pod names
+the ResourceClaimTemplate of the same name (:mod:`workloads.dra_claims`) as claim ``socs``
+and its container uses that claim; the driver's CDI spec sets ``QAIC_VISIBLE_DEVICES`` and
+adds the ``/dev/accel`` nodes.
+
 Every command is plain POSIX sh (busybox is enough): it prints ``QAIC_VISIBLE_DEVICES`` and
 ``ls -l /dev/accel``, runs ``qaic-util -q`` when the image has it, and a long-running one
 exits at once on SIGTERM (a shell as PID 1 ignores it unless it traps it; ``sleep`` runs in
@@ -34,6 +39,12 @@ QAIC_UTIL = "/opt/qti-aic/tools/qaic-util"
 #: Attempts of the 4-SoC job: with QAIC_MULTI_SOC_POLICY=require a pod whose SoCs would span
 #: cards fails admission (UnexpectedAdmissionError) and the Job controller starts another.
 ULTRA_JOB_BACKOFF_LIMIT = 6
+#: Names of the samples (in DRA mode also of their ResourceClaimTemplates).
+POD_EXAMPLE = "qaic-pod-example"
+DEPLOYMENT = "qaic-inference"
+ULTRA_JOB = "qaic-ultra-4soc"
+#: The pod's claim name (DRA mode), and the request name in its template.
+CLAIM = "socs"
 
 SHOW = (
     'echo "QAIC_VISIBLE_DEVICES=${QAIC_VISIBLE_DEVICES:-}"; ls -l /dev/accel; '
@@ -55,6 +66,8 @@ class WorkloadParams:
     namespace: str
     image_pull_policy: str = "IfNotPresent"
     tolerations: list[dict[str, str]] = field(default_factory=list)
+    #: DRA mode: the ResourceClaimTemplate the pod claims its SoCs from (no extended resource).
+    claim_template: str | None = None
 
 
 def _labels(name: str) -> dict[str, str]:
@@ -78,16 +91,25 @@ def _container(
     params: WorkloadParams, socs: int, command: list[str]
 ) -> k8s.core.v1.ContainerArgsDict:
     amount = str(socs)
+    resources: k8s.core.v1.ResourceRequirementsArgsDict
+    if params.claim_template:
+        resources = {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+            "claims": [{"name": CLAIM}],
+        }
+    else:
+        resources = {
+            # Extended resources: requests must equal limits.
+            "requests": {params.resource_name: amount, "cpu": "100m", "memory": "256Mi"},
+            "limits": {params.resource_name: amount, "memory": "1Gi"},
+        }
     return {
         "name": "qaic",
         "image": params.image,
         "image_pull_policy": params.image_pull_policy,
         "command": command,
-        "resources": {
-            # Extended resources: requests must equal limits.
-            "requests": {params.resource_name: amount, "cpu": "100m", "memory": "256Mi"},
-            "limits": {params.resource_name: amount, "memory": "1Gi"},
-        },
+        "resources": resources,
         "security_context": {
             "allow_privilege_escalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -100,25 +122,30 @@ def _container(
 def _pod(
     params: WorkloadParams, socs: int, command: list[str], restart: str
 ) -> k8s.core.v1.PodSpecArgsDict:
-    return {
+    spec: k8s.core.v1.PodSpecArgsDict = {
         "restart_policy": restart,
         "security_context": _pod_security(),
         "tolerations": params.tolerations,  # type: ignore[typeddict-item]
         "automount_service_account_token": False,
         "containers": [_container(params, socs, command)],
     }
+    if params.claim_template:
+        spec["resource_claims"] = [
+            {"name": CLAIM, "resource_claim_template_name": params.claim_template}
+        ]
+    return spec
 
 
 def pod_example_spec(params: WorkloadParams) -> tuple[str, k8s.core.v1.PodSpecArgsDict]:
     """Name and spec of the one-SoC pod example."""
-    return "qaic-pod-example", _pod(params, 1, show_command(stay=True), "Never")
+    return POD_EXAMPLE, _pod(params, 1, show_command(stay=True), "Never")
 
 
 def deployment_spec(
     params: WorkloadParams,
 ) -> tuple[str, k8s.apps.v1.DeploymentSpecArgsDict]:
     """Name and spec of the single-replica, one-SoC deployment."""
-    name = "qaic-inference"
+    name = DEPLOYMENT
     command = show_command(stay=True)
     return name, {
         "replicas": 1,
@@ -133,7 +160,7 @@ def deployment_spec(
 
 def ultra_job_spec(params: WorkloadParams) -> tuple[str, k8s.batch.v1.JobSpecArgsDict]:
     """Name and spec of the 4-SoC job that only fits one Ultra card."""
-    name = "qaic-ultra-4soc"
+    name = ULTRA_JOB
     return name, {
         # No ttlSecondsAfterFinished: Pulumi owns the Job, and one deleted behind its back
         # would break the next `pulumi up`.

@@ -1,6 +1,17 @@
-"""DevicePlugin: Namespace (unless kube-system), ServiceAccount, optional pull Secret, the
-hardened DaemonSet that runs exactly the built (or pinned) image reference and, in SKU mode,
-the admission policy that keeps one qaic resource per container.
+"""DevicePlugin: Namespace (unless kube-system), ServiceAccount, optional pull Secret, and
+the hardened DaemonSet that runs exactly the built (or pinned) image reference:
+
+- ``allocationApi: devicePlugin``: the device-plugin DaemonSet ``qaic-device-plugin`` and, in
+  SKU mode, the admission policy that keeps one qaic resource per container;
+- ``allocationApi: dra``: a :class:`~infra.components.dra_driver.DraDriver` child (DaemonSet
+  ``qaic-dra-driver``, DeviceClasses, RBAC, the ResourceSlice admission policy). The
+  one-resource policy is not created: a claim may hold SoCs of two SKUs, and the DRA driver
+  makes all of them visible (docs/dra.md).
+
+The two DaemonSets are different objects on purpose. A switch of mode in one ``pulumi up``
+then creates the new one (and awaits it) before the samples are replaced, and deletes the old
+one only at the end of the update: a sample pod of the old mode is deleted while its driver
+still runs, so kubelet can unprepare its claim (DRA) and nothing waits on a driver that is gone.
 
 The pod itself (environment, host mounts, probes) and every privilege it keeps, with why,
 are in :mod:`infra.components.plugin_pod`; the admission rule in
@@ -17,6 +28,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.admission import POLICY_NAME, binding_spec, policy_spec
+from infra.components.dra_driver import DraDriver, DraDriverArgs
 from infra.components.plugin_pod import APP_NAME, PULL_SECRET_NAME, labels, pod_spec
 from infra.settings import StackSettings
 
@@ -47,6 +59,7 @@ class DevicePlugin(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     daemonset_name: pulumi.Output[str]
     resource_names: list[str]
+    device_class_names: list[str]
 
     def __init__(
         self, name: str, args: DevicePluginArgs, opts: pulumi.ResourceOptions | None = None
@@ -98,6 +111,34 @@ class DevicePlugin(pulumi.ComponentResource):
                 opts=with_ns,
             )
 
+        self.admission: list[pulumi.CustomResource] = []
+        self.dra: DraDriver | None = None
+        self.device_class_names = []
+        if s.dra:
+            sa_deps = [*depends, self.service_account]
+            if self.pull_secret is not None:
+                sa_deps.append(self.pull_secret)
+            self.dra = DraDriver(f"{name}-dra", DraDriverArgs(
+                settings=s, image_ref=args.image_ref, namespace=namespace,
+                service_account=APP_NAME, depends_on=tuple(sa_deps),
+            ), opts=child)
+            self.daemonset = self.dra.daemonset
+            self.device_class_names = self.dra.device_class_names
+        else:
+            self._device_plugin_daemonset(name, s, args, namespace, with_ns)
+        self.namespace = pulumi.Output.from_input(namespace)
+        self.daemonset_name = self.daemonset.metadata.name
+        self.register_outputs({
+            "namespace": self.namespace,
+            "daemonSetName": self.daemonset_name,
+            "resourceNames": self.resource_names,
+            "deviceClasses": self.device_class_names,
+        })
+
+    def _device_plugin_daemonset(
+        self, name: str, s: StackSettings, args: DevicePluginArgs,
+        namespace: pulumi.Input[str], with_ns: pulumi.ResourceOptions,
+    ) -> None:
         selector = {"app.kubernetes.io/name": APP_NAME}
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
@@ -120,13 +161,12 @@ class DevicePlugin(pulumi.ComponentResource):
             },
             opts=with_ns,
         )
-        self.admission: list[pulumi.CustomResource] = []
         if s.sku_based_resources:
             policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
                 f"{name}-one-resource-policy",
                 metadata={"name": POLICY_NAME, "labels": labels("admission")},
                 spec=policy_spec(),
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self),
             )
             binding = k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
                 f"{name}-one-resource-binding",
@@ -135,10 +175,3 @@ class DevicePlugin(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
             )
             self.admission = [policy, binding]
-        self.namespace = pulumi.Output.from_input(namespace)
-        self.daemonset_name = self.daemonset.metadata.name
-        self.register_outputs({
-            "namespace": self.namespace,
-            "daemonSetName": self.daemonset_name,
-            "resourceNames": self.resource_names,
-        })

@@ -90,7 +90,7 @@ def plugin_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
     return out
 
 
-def _host_path(
+def host_path(
     name: str, path: str, mount: str, read_only: bool, kind: str = "Directory"
 ) -> tuple[k8s.core.v1.VolumeArgsDict, k8s.core.v1.VolumeMountArgsDict]:
     volume: k8s.core.v1.VolumeArgsDict = {"name": name, "host_path": {"path": path, "type": kind}}
@@ -105,29 +105,44 @@ def volumes_and_mounts(
 ) -> tuple[list[k8s.core.v1.VolumeArgsDict], list[k8s.core.v1.VolumeMountArgsDict]]:
     pairs = [
         # DirectoryOrCreate: the plugin may start before kubelet has made its directories.
-        _host_path(
+        host_path(
             "device-plugins", PLUGIN_DIR, PLUGIN_DIR, read_only=False, kind="DirectoryOrCreate"
         ),
-        _host_path("pod-resources", POD_RESOURCES_DIR, POD_RESOURCES_DIR, read_only=True,
-                   kind="DirectoryOrCreate"),
-        _host_path("sys", s.host_sysfs_path, "/host/sys", read_only=True),
-        _host_path("dev", s.host_dev_path, "/host/dev", read_only=True),
-        # DirectoryOrCreate, not Directory: a node without the SDK must still run the plugin
-        # (it warns that SKUs are guesses and Status health is off); the empty directory the
-        # kubelet leaves there is harmless to a later SDK install.
-        _host_path("qaic-sdk", s.host_sdk_path, SDK_DIR, read_only=True,
-                   kind="DirectoryOrCreate"),
+        host_path("pod-resources", POD_RESOURCES_DIR, POD_RESOURCES_DIR, read_only=True,
+                  kind="DirectoryOrCreate"),
+        *node_paths(s),
     ]
     if udev_on(s) and s.udev_source == "udev":
         # DirectoryOrCreate: a node without udevd still runs the plugin (inotify + rescans).
-        pairs.append(_host_path("udev", "/run/udev", "/run/udev", read_only=True,
-                                kind="DirectoryOrCreate"))
+        pairs.append(host_path("udev", "/run/udev", "/run/udev", read_only=True,
+                               kind="DirectoryOrCreate"))
     if s.nfd_features_dir:
-        pairs.append(_host_path(
+        pairs.append(host_path(
             "nfd-features", s.nfd_features_dir, NFD_MOUNT, False, "DirectoryOrCreate"
         ))
     if s.cdi_enabled:
-        pairs.append(_host_path("cdi", s.cdi_dir, s.cdi_dir, False, "DirectoryOrCreate"))
+        pairs.append(host_path("cdi", s.cdi_dir, s.cdi_dir, False, "DirectoryOrCreate"))
+    return with_tmp(pairs)
+
+
+def node_paths(s: StackSettings) -> list[
+    tuple[k8s.core.v1.VolumeArgsDict, k8s.core.v1.VolumeMountArgsDict]
+]:
+    """The node's sysfs, /dev and Platform SDK, read-only: discovery and health (both modes)."""
+    return [
+        host_path("sys", s.host_sysfs_path, "/host/sys", read_only=True),
+        host_path("dev", s.host_dev_path, "/host/dev", read_only=True),
+        # DirectoryOrCreate, not Directory: a node without the SDK must still run the plugin
+        # (it warns that SKUs are guesses and Status health is off); the empty directory the
+        # kubelet leaves there is harmless to a later SDK install.
+        host_path("qaic-sdk", s.host_sdk_path, SDK_DIR, read_only=True,
+                  kind="DirectoryOrCreate"),
+    ]
+
+
+def with_tmp(
+    pairs: list[tuple[k8s.core.v1.VolumeArgsDict, k8s.core.v1.VolumeMountArgsDict]],
+) -> tuple[list[k8s.core.v1.VolumeArgsDict], list[k8s.core.v1.VolumeMountArgsDict]]:
     volumes = [v for v, _ in pairs]
     mounts = [m for _, m in pairs]
     # readOnlyRootFilesystem: Python still wants a writable scratch dir.
@@ -136,17 +151,21 @@ def volumes_and_mounts(
     return volumes, mounts
 
 
-def container(s: StackSettings, image: pulumi.Input[str]) -> k8s.core.v1.ContainerArgsDict:
-    _, mounts = volumes_and_mounts(s)
+def hardened_container(
+    s: StackSettings, image: pulumi.Input[str], env: list[k8s.core.v1.EnvVarArgsDict],
+    mounts: list[k8s.core.v1.VolumeMountArgsDict],
+) -> k8s.core.v1.ContainerArgsDict:
+    """The container both modes run: not privileged, no capabilities, read-only root,
+    RuntimeDefault seccomp; UID 0 only to own sockets in kubelet's root-owned directories."""
     requests = {"cpu": s.cpu_request, "memory": s.memory_request}
     limits = {"memory": s.memory_limit}
     if s.cpu_limit:
         limits["cpu"] = s.cpu_limit
-    spec: k8s.core.v1.ContainerArgsDict = {
+    return {
         "name": "plugin",
         "image": image,
         "image_pull_policy": s.image_pull_policy,
-        "env": plugin_env(s),
+        "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volume_mounts": mounts,
         "security_context": {
@@ -161,6 +180,11 @@ def container(s: StackSettings, image: pulumi.Input[str]) -> k8s.core.v1.Contain
         },
         "termination_message_policy": "FallbackToLogsOnError",
     }
+
+
+def container(s: StackSettings, image: pulumi.Input[str]) -> k8s.core.v1.ContainerArgsDict:
+    _, mounts = volumes_and_mounts(s)
+    spec = hardened_container(s, image, plugin_env(s), mounts)
     if s.metrics_port:
         spec["ports"] = [{
             "name": "metrics", "container_port": s.metrics_port, "protocol": "TCP",

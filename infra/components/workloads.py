@@ -8,6 +8,10 @@ as a pod update). The old one is deleted first and its deletion awaited (its SoC
 again), then the new one is created and awaited (the pod example Ready, the job Complete).
 No ``pulumi.com/skipAwait``: it would also skip waiting for the old object's deletion, and
 it is a Pulumi-only annotation that has no business in rendered GitOps manifests.
+
+In DRA mode each sample also gets a ResourceClaimTemplate (created before it, named by its
+spec's hash too, so a changed template is a new one): the one-SoC samples claim one device
+of the all-SoCs class, the 4-SoC job four Ultra SoCs constrained to one card.
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components.dra_objects import ALL_SOCS_CLASS, CARD_ATTRIBUTE, sku_class_name
 from infra.settings import StackSettings
+from workloads.dra_claims import claim_template_spec
 from workloads.samples import (
+    DEPLOYMENT,
+    POD_EXAMPLE,
+    ULTRA_JOB,
     WorkloadParams,
     deployment_spec,
     labels_for,
@@ -69,39 +78,69 @@ class Workloads(pulumi.ComponentResource):
         )
         namespace = s.workload_namespace
 
-        def params(resource: str) -> WorkloadParams:
+        def params(resource: str, template: str) -> WorkloadParams:
             return WorkloadParams(
                 resource_name=resource, image=s.workload_image, namespace=namespace,
                 image_pull_policy=s.image_pull_policy, tolerations=s.toleration_list,
+                claim_template=template if s.dra else None,
             )
 
+        def claims(
+            workload: str, device_class: str, count: int, same_card: str | None = None
+        ) -> tuple[list[pulumi.Resource], str]:
+            """DRA mode: the sample's ResourceClaimTemplate, which the sample depends on, and
+            its name (spec-hashed: a changed template is a new object, made before the old
+            one goes, and the sample that names it changes with it)."""
+            if not s.dra:
+                return [], workload
+            spec = claim_template_spec(device_class, count, same_card)
+            template_name = versioned(workload, spec)
+            template = k8s.resource.v1.ResourceClaimTemplate(
+                f"{name}-{workload}-claims",
+                metadata={"name": template_name, "namespace": namespace,
+                          "labels": labels_for(workload)},
+                spec=spec,
+                opts=opts,
+            )
+            self.resources.append(template)
+            self.created.append(f"ResourceClaimTemplate/{namespace}/{template_name}")
+            return [template], template_name
+
+        def after(deps: list[pulumi.Resource], base: pulumi.ResourceOptions) -> (
+            pulumi.ResourceOptions
+        ):
+            return pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(depends_on=deps))
+
         if s.workload_pod_example:
-            app, pod = pod_example_spec(params(s.workload_resource))
+            deps, template = claims(POD_EXAMPLE, ALL_SOCS_CLASS, 1)
+            app, pod = pod_example_spec(params(s.workload_resource, template))
             pod_name = versioned(app, pod)
             self.resources.append(k8s.core.v1.Pod(
                 f"{name}-pod-example",
                 metadata={"name": pod_name, "namespace": namespace, "labels": labels_for(app)},
                 spec=pod,
-                opts=immutable,
+                opts=after(deps, immutable),
             ))
             self.created.append(f"Pod/{namespace}/{pod_name}")
         if s.workload_deployment:
-            dep_name, dep = deployment_spec(params(s.workload_resource))
+            deps, template = claims(DEPLOYMENT, ALL_SOCS_CLASS, 1)
+            dep_name, dep = deployment_spec(params(s.workload_resource, template))
             self.resources.append(k8s.apps.v1.Deployment(
                 f"{name}-deployment",
                 metadata={"name": dep_name, "namespace": namespace, "labels": labels_for(dep_name)},
                 spec=dep,
-                opts=opts,
+                opts=after(deps, opts),
             ))
             self.created.append(f"Deployment/{namespace}/{dep_name}")
         if s.workload_ultra_job:
-            app, job = ultra_job_spec(params(s.ultra_job_resource))
+            deps, template = claims(ULTRA_JOB, sku_class_name("ultra"), 4, CARD_ATTRIBUTE)
+            app, job = ultra_job_spec(params(s.ultra_job_resource, template))
             job_name = versioned(app, job)
             self.resources.append(k8s.batch.v1.Job(
                 f"{name}-ultra-job",
                 metadata={"name": job_name, "namespace": namespace, "labels": labels_for(app)},
                 spec=job,
-                opts=immutable,
+                opts=after(deps, immutable),
             ))
             self.created.append(f"Job/{namespace}/{job_name}")
         self.register_outputs({"created": self.created})

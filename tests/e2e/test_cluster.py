@@ -292,7 +292,7 @@ def test_switching_sku_mode_takes_one_up(cluster: Cluster, stack: Stack) -> None
 
 def test_mixed_sku_container_is_refused(cluster: Cluster, stack: Stack) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "mixed", "namespace": SAMPLES_NS},
+           "metadata": {"name": "mixed", "namespace": "default"},  # no Pod Security level
            "spec": {"containers": [{"name": "c", "image": "localhost/qaic-sample:e2e",
                                     "resources": {"limits": {"qualcomm.com/qaic-ultra": "4",
                                                              "qualcomm.com/qaic-pro": "1"}}}]}}
@@ -324,6 +324,6 @@ def test_destroy_leaves_nothing_of_ours(cluster: Cluster, stack: Stack) -> None:
         if kind.startswith("events"):
             continue
         out = cluster.kubectl("get", kind, "-A", "-o", "name", check=False).stdout
-        left += [f"{kind}: {n}" for n in out.split() if "qaic" in n]
+        left += [f"{kind}: {n}" for n in out.split() if "qaic" in n and NODE_NAME not in n]
     assert left == [], left
     assert os.path.exists(cluster.kubeconfig)  # the cluster itself is the harness's to stop
