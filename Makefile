@@ -15,7 +15,8 @@ test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, kube-apiserver, etcd; cached, built once) + the e2e tests
+e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, Kubernetes, etcd; cached, built once) + the e2e tests, a real cluster included
+	bash e2e/host-packages.sh
 	bash e2e/tools.sh
 	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m e2e
 
