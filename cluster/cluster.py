@@ -202,10 +202,12 @@ class Cluster:
         sock = configs.socket(d)
         self.wait_for("containerd socket", lambda: sock.exists() and containerd.running(), 60)
         images.import_into(sock, archives)
-        # What kube-proxy would do for the one Service a hostNetwork plugin talks to.
-        self.exec_in_netns("iptables", "-t", "nat", "-A", "OUTPUT", "-d", "10.96.0.1/32", "-p",
-                           "tcp", "--dport", "443", "-j", "DNAT", "--to-destination",
-                           f"{self.netns.ns_addr}:6443")
+        # What kube-proxy would do for the one Service the plugin talks to (DRA mode: its
+        # ResourceSlices), from the node itself (OUTPUT) and from pod IPs (PREROUTING).
+        for chain in ("OUTPUT", "PREROUTING"):
+            self.exec_in_netns("iptables", "-t", "nat", "-A", chain, "-d", "10.96.0.1/32", "-p",
+                               "tcp", "--dport", "443", "-j", "DNAT", "--to-destination",
+                               f"{self.netns.ns_addr}:6443")
         client = pki.issue("kubelet-client", f"system:node:{NODE_NAME}", orgs=("system:nodes",))
         serving = pki.issue("kubelet-serving", NODE_NAME, server=True,
                             ips=(self.netns.ns_addr,), dns=(NODE_NAME,))

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cluster import host
-from cluster.cluster import NODE_NAME, Cluster, missing_prerequisites, running
+from cluster.cluster import NODE_NAME, Cluster, missing_prerequisites
 from cluster.inspect import (
     NodeWait,
     PodWatch,
@@ -32,7 +28,7 @@ from cluster.inspect import (
     proc_status,
     qaic_resources,
 )
-from e2e.pulumi_cli import PulumiCli, copy_checkout
+from cluster.stack import Stack, cluster_for_tests
 
 pytestmark = pytest.mark.e2e
 
@@ -41,57 +37,18 @@ PLUGIN_SELECTOR = "app.kubernetes.io/name=qaic-device-plugin"
 REGISTERED = 'Got registration request from device plugin with resource" resourceName="{}"'
 
 
-@dataclass
-class Stack:
-    cli: PulumiCli
-    checkout: Path
-    scratch: Path
-    config: dict[str, Any]
-
-    def up(self, **changes: Any) -> str:
-        """One `pulumi up` with the stack file plus `changes`; fails the test on a non-zero exit."""
-        for key, value in changes.items():
-            self.config["config"][f"qaic-k8s:{key}"] = value
-        path = self.scratch / "Pulumi.e2e.yaml"
-        path.write_text(yaml.safe_dump(self.config))
-        proc = self.cli.run("up", "--yes", "--stack", "e2e", "--config-file", str(path),
-                            timeout=900)
-        if proc.returncode != 0:
-            errors = [ln for ln in proc.stdout.splitlines() if "error" in ln.lower()]
-            pytest.fail("pulumi up failed:\n" + "\n".join(errors[:40]) + "\n" + proc.stderr)
-        return proc.stdout
-
-    def run(self, *args: str) -> Any:
-        return self.cli.run(*args, "--stack", "e2e", "--config-file",
-                            str(self.scratch / "Pulumi.e2e.yaml"), timeout=900)
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     why = missing_prerequisites()
     if why:
         pytest.skip("; ".join(why))
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # pytest still runs the teardown
-
-    previous = signal.signal(signal.SIGTERM, interrupted)
-    try:
-        with running() as c:
-            yield c
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with cluster_for_tests() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    checkout = copy_checkout(tmp_path_factory.mktemp("checkout"))
-    scratch = tmp_path_factory.mktemp("pulumi")
-    cli = PulumiCli(scratch, cwd=checkout, extra_env={"KUBECONFIG": str(cluster.kubeconfig)})
-    cli.login()
-    cli.select("e2e")
-    config = yaml.safe_load((checkout / "stacks/Pulumi.e2e.yaml").read_text())
-    s = Stack(cli, checkout, scratch, config)
+    s = Stack.create(cluster, tmp_path_factory.mktemp("stack"))
     s.up()
     return s
 
