@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 TOOLS = Path(os.environ.get("QAIC_TOOLS_DIR", "/var/cache/qaic-k8s/tools"))
 K8S_VERSION = os.environ.get("K8S_VERSION", "v1.37.2")
 ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.7.3")
+#: containerd with CDI (DRA mode), built by e2e/tools.sh; device-plugin mode uses Debian's.
+CONTAINERD_VERSION = os.environ.get("CONTAINERD_VERSION", "v2.4.2")
 NODE_NAME = "qaic-e2e-node"
 KUBELET_DIR = Path("/var/lib/kubelet")  # fixed: the device-plugin dir lives under it
 #: Made by the kubelet, containerd and CNI wherever they are configured to run.
@@ -60,9 +62,16 @@ def find_binaries(tools: Path = TOOLS) -> Binaries | None:
                     b / "kube-scheduler", b / "kubectl", etcd / "bin" / "etcd")
 
 
-def missing_prerequisites() -> list[str]:
-    """Why this machine cannot run the cluster (empty: it can)."""
+def containerd_v2_bin(tools: Path = TOOLS) -> Path | None:
+    d = tools / f"containerd-{CONTAINERD_VERSION}"
+    return d / "bin" if (d / ".done").exists() else None
+
+
+def missing_prerequisites(cdi: bool = False) -> list[str]:
+    """Why this machine cannot run the cluster (empty: it can); `cdi`: with containerd 2."""
     why = []
+    if cdi and containerd_v2_bin() is None:
+        why.append(f"containerd {CONTAINERD_VERSION} (CDI) not built (e2e/tools.sh)")
     if os.geteuid() != 0:
         why.append("needs root (network namespace, mounts, cgroups, mknod)")
     if find_binaries() is None:
@@ -84,6 +93,7 @@ class Cluster:
     node: ClusterNode
     bins: Binaries
     kubeconfig: Path
+    cdi: bool = False
     procs: dict[str, Proc] = field(default_factory=dict)
 
     @property
@@ -138,9 +148,10 @@ class Cluster:
 
     # ----- starting it ------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> Proc:
+    def _spawn(self, name: str, argv: list[str], in_netns: bool = True,
+               env: dict[str, str] | None = None) -> Proc:
         proc = Proc(name, [*self.netns.enter(), *argv] if in_netns else argv,
-                    self.work / f"{name}.log")
+                    self.work / f"{name}.log", env)
         proc.start()
         self.procs[name] = proc
         return proc
@@ -197,11 +208,16 @@ class Cluster:
 
     def _node(self, archives: list[images.Archive]) -> None:
         d, pki = self.work, self.pki
-        toml = configs.containerd_toml(d, images.PAUSE)
-        containerd = self._spawn("containerd", ["containerd", f"--config={toml}"])
+        toml = configs.containerd_toml(d, images.PAUSE, v2=self.cdi)
+        v2 = containerd_v2_bin() if self.cdi else None
+        env = None
+        if v2 is not None:  # its shim is found on PATH: v2's first, not Debian's 1.6
+            env = {**os.environ, "PATH": f"{v2}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        containerd = self._spawn("containerd", [str(v2 / "containerd") if v2 else "containerd",
+                                                f"--config={toml}"], env=env)
         sock = configs.socket(d)
         self.wait_for("containerd socket", lambda: sock.exists() and containerd.running(), 60)
-        images.import_into(sock, archives)
+        images.import_into(sock, archives, ctr=str(v2 / "ctr") if v2 else "ctr")
         # What kube-proxy would do for the one Service the plugin talks to (DRA mode: its
         # ResourceSlices), from the node itself (OUTPUT) and from pod IPs (PREROUTING).
         for chain in ("OUTPUT", "PREROUTING"):
@@ -258,9 +274,10 @@ def down() -> bool:
 
 
 @contextlib.contextmanager
-def running(work: Path | None = None) -> Iterator[Cluster]:
-    """The cluster, from nothing to node Ready; everything undone on exit."""
-    why = missing_prerequisites()
+def running(work: Path | None = None, cdi: bool = False) -> Iterator[Cluster]:
+    """The cluster, from nothing to node Ready; everything undone on exit. `cdi`: containerd
+    2 (CDI, for DRA) instead of Debian's containerd 1.6."""
+    why = missing_prerequisites(cdi)
     if why:
         raise RuntimeError("cannot start the e2e cluster: " + "; ".join(why))
     bins = find_binaries()
@@ -294,7 +311,7 @@ def running(work: Path | None = None) -> Iterator[Cluster]:
             admin = pki.issue("admin", "admin", orgs=("system:masters",))
             cluster = Cluster(work, netns, pki, node, bins,
                               kubeconfig(work / "kubeconfig", f"https://{netns.ns_addr}:6443",
-                                         pki.ca.cert, admin, "admin"))
+                                         pki.ca.cert, admin, "admin"), cdi=cdi)
             undo.push("cgroups", lambda: host.remove_cgroups("kubepods"))
             undo.push("mounts", lambda: host.unmount_under(work))
             undo.push("processes", cluster._stop_node)

@@ -11,8 +11,12 @@ CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 POD_SUBNET = "10.244.0.0/24"
 
 
-def containerd_toml(work: Path, sandbox_image: str) -> Path:
-    """`restrict_oom_score_adj`: there is no CAP_SYS_RESOURCE here, so runc cannot lower it."""
+def containerd_toml(work: Path, sandbox_image: str, v2: bool = False) -> Path:
+    """`restrict_oom_score_adj`: there is no CAP_SYS_RESOURCE here, so runc cannot lower it.
+
+    `v2`: containerd 2.x (config version 3), the runtime with CDI, which DRA needs: kubelet
+    names the claim's CDI devices and the runtime injects them (Debian's 1.6 ignores them).
+    """
     cni = work / "cni"
     (cni / "net.d").mkdir(parents=True, exist_ok=True)
     (cni / "net.d" / "10-qaic-e2e.conflist").write_text(json.dumps({
@@ -25,6 +29,11 @@ def containerd_toml(work: Path, sandbox_image: str) -> Path:
         }],
     }, indent=1))
     path = work / "containerd.toml"
+    if v2:
+        path.write_text(CONTAINERD_V2.format(
+            root=work / "containerd/root", state=work / "containerd/state", socket=socket(work),
+            sandbox_image=sandbox_image, cni_bin=CNI_BIN, cni_conf=cni / "net.d"))
+        return path
     path.write_text(f"""version = 2
 root = "{work / 'containerd/root'}"
 state = "{work / 'containerd/state'}"
@@ -42,6 +51,39 @@ state = "{work / 'containerd/state'}"
     conf_dir = "{cni / 'net.d'}"
 """)
     return path
+
+
+CONTAINERD_V2 = """version = 3
+root = "{root}"
+state = "{state}"
+# opt would create /opt/containerd, NRI /var/run/nri/nri.sock: not needed here
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
+                    "io.containerd.image-verifier.v1.bindir"]
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{sandbox_image}"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  enable_cdi = true
+  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{cni_conf}"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"""
 
 
 def socket(work: Path) -> Path:

@@ -147,7 +147,7 @@ def plugin_image() -> Archive:
     return _export(PLUGIN, image_id)
 
 
-def import_into(containerd_socket: Path, archives: list[Archive]) -> None:
+def import_into(containerd_socket: Path, archives: list[Archive], ctr: str = "ctr") -> None:
     for archive in archives:
-        run("ctr", "--address", str(containerd_socket), "-n", "k8s.io", "images", "import",
+        run(ctr, "--address", str(containerd_socket), "-n", "k8s.io", "images", "import",
             str(archive.path))

@@ -65,14 +65,14 @@ class Stack:
 
 
 @contextlib.contextmanager
-def cluster_for_tests() -> Iterator[Cluster]:
+def cluster_for_tests(cdi: bool = False) -> Iterator[Cluster]:
     """`running()`, with SIGTERM turned into KeyboardInterrupt so pytest still tears down."""
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
-        with running() as c:
+        with running(cdi=cdi) as c:
             yield c
     finally:
         signal.signal(signal.SIGTERM, previous)
