@@ -31,7 +31,8 @@ def containerd_toml(work: Path, sandbox_image: str, v2: bool = False) -> Path:
     path = work / "containerd.toml"
     if v2:
         path.write_text(CONTAINERD_V2.format(
-            root=work / "containerd/root", state=work / "containerd/state", socket=socket(work),
+            # short: the shim sockets go under {state}/s/<64 hex> (108-byte socket paths)
+            root=work / "containerd/root", state=work / "cs", socket=socket(work),
             sandbox_image=sandbox_image, cni_bin=CNI_BIN, cni_conf=cni / "net.d"))
         return path
     path.write_text(f"""version = 2
@@ -56,19 +57,29 @@ state = "{work / 'containerd/state'}"
 CONTAINERD_V2 = """version = 3
 root = "{root}"
 state = "{state}"
-# opt would create /opt/containerd, NRI /var/run/nri/nri.sock: not needed here
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
-                    "io.containerd.image-verifier.v1.bindir"]
+imports = []
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",
+  "io.containerd.nri.v1.nri",
+  "io.containerd.image-verifier.v1.bindir",
+]
+
 [grpc]
   address = "{socket}"
+  # ttrpc address defaults to "{socket}.ttrpc" for config version 3
+
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "{sandbox_image}"
+
 [plugins."io.containerd.cri.v1.runtime"]
+  # no CAP_SYS_RESOURCE on these machines: never lower oom_score_adj below our own
   restrict_oom_score_adj = true
-  enable_cdi = true
+  # CDI is on by default since v2.0 (`enable_cdi` was removed in v2.4: unknown key there)
   cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+  # pod network namespaces under {state} rather than /var/run/netns (no clash with `ip netns`)
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -76,9 +87,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "/usr/sbin/runc"
         SystemdCgroup = false
+        # the shim's default runc root is /run/containerd/runc: keep it under {state}
+        Root = "{state}/runc"
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{cni_bin}"]
     conf_dir = "{cni_conf}"
+
+[plugins."io.containerd.shim.v1.manager"]
+  # shim sockets default to /run/containerd/s/<sha256>: keep them under {state}
+  # (unix socket path limit 108 bytes: {state} must be shorter than ~40 characters)
+  socket_dir = "{state}/s"
+
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
