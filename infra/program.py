@@ -69,7 +69,7 @@ def run(settings: StackSettings | None = None) -> Program:
         opts=k8s_opts,
     )
     workloads = Workloads(
-        "qaic-samples", WorkloadsArgs(settings=s),
+        "qaic-samples", WorkloadsArgs(settings=s, served_by=(plugin.daemonset,)),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=[plugin]),
     )
     outputs: dict[str, object] = {

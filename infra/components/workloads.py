@@ -42,6 +42,11 @@ TYPE_TOKEN = "qaic-k8s:index:Workloads"
 @dataclass(frozen=True)
 class WorkloadsArgs:
     settings: StackSettings
+    #: What serves the samples' SoCs (the plugin's or DRA driver's DaemonSet). Every sample
+    #: depends on it directly: a dependency of this component alone does not order its
+    #: children, and `pulumi destroy` could remove the DRA driver first, leaving the claims'
+    #: CDI specs behind (the kubelet cannot unprepare a claim without its driver).
+    served_by: tuple[pulumi.Resource, ...] = ()
 
 
 class Workloads(pulumi.ComponentResource):
@@ -72,9 +77,10 @@ class Workloads(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.resources.append(ns)
-        opts = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+        opts = pulumi.ResourceOptions(parent=self, depends_on=[ns, *args.served_by])
         immutable = pulumi.ResourceOptions(
-            parent=self, depends_on=[ns], replace_on_changes=["spec"], delete_before_replace=True
+            parent=self, depends_on=[ns, *args.served_by], replace_on_changes=["spec"],
+            delete_before_replace=True,
         )
         namespace = s.workload_namespace
 

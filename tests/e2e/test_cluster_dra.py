@@ -66,6 +66,10 @@ def socs_of_claim(cluster: Cluster, claim: str) -> list[FakeSoc]:
 
 
 def claim_of(pod: dict[str, Any]) -> str:
+    """A named claim's name, or the one the claim controller generated from a template."""
+    [ref] = pod["spec"]["resourceClaims"]
+    if ref.get("resourceClaimName"):
+        return str(ref["resourceClaimName"])
     [status] = pod["status"]["resourceClaimStatuses"]
     return str(status["resourceClaimName"])
 
@@ -79,9 +83,16 @@ def cdi_spec(uid: str) -> Path:
 
 
 def check_view(cluster: Cluster, pod: dict[str, Any]) -> list[FakeSoc]:
-    """The pod sees exactly its claim's SoCs: /dev/accel nodes and QAIC_VISIBLE_DEVICES."""
-    socs = socs_of_claim(cluster, claim_of(pod))
+    """The pod sees exactly its claim's SoCs: /dev/accel nodes and QAIC_VISIBLE_DEVICES.
+
+    A finished pod's generated claim is gone (the claim controller deletes it): then the
+    SoCs are those its QAIC_VISIBLE_DEVICES names, and its /dev/accel must match them."""
     view = container_view(cluster, NS, pod["metadata"]["name"])
+    if pod["status"].get("phase") == "Succeeded":
+        by_qid = {s.qid: s for s in cluster.node.fake.socs}
+        socs = [by_qid[int(q)] for q in view.visible.split(",")]
+    else:
+        socs = socs_of_claim(cluster, claim_of(pod))
     assert view.accels == {s.accel_index for s in socs}, (view, socs)
     assert view.visible == ",".join(str(q) for q in sorted(s.qid for s in socs)), (view, socs)
     return socs
