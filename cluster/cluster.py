@@ -36,7 +36,7 @@ NODE_NAME = "qaic-e2e-node"
 KUBELET_DIR = Path("/var/lib/kubelet")  # fixed: the device-plugin dir lives under it
 #: Made by the kubelet, containerd and CNI wherever they are configured to run.
 RUNTIME_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"), Path("/run/containerd"),
-                Path("/var/lib/cni"), Path("/run/netns"))
+                Path("/var/lib/cni"), Path("/run/netns"), Path("/run/cdi"))
 LOCK = Path("/run/qaic-e2e.lock")
 NETNS = "qaic-e2e"
 HOST_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "buildah",
