@@ -29,7 +29,13 @@ import pulumi_kubernetes as k8s
 
 from infra.components.admission import POLICY_NAME, binding_spec, policy_spec
 from infra.components.dra_driver import DraDriver, DraDriverArgs
-from infra.components.plugin_pod import APP_NAME, PULL_SECRET_NAME, labels, pod_spec
+from infra.components.plugin_pod import (
+    APP_NAME,
+    PULL_SECRET_NAME,
+    daemonset_spec,
+    labels,
+    pod_spec,
+)
 from infra.settings import StackSettings
 
 TYPE_TOKEN = "qaic-k8s:index:DevicePlugin"
@@ -139,26 +145,14 @@ class DevicePlugin(pulumi.ComponentResource):
         self, name: str, s: StackSettings, args: DevicePluginArgs,
         namespace: pulumi.Input[str], with_ns: pulumi.ResourceOptions,
     ) -> None:
-        selector = {"app.kubernetes.io/name": APP_NAME}
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
             metadata={"name": APP_NAME, "namespace": namespace, "labels": labels()},
-            spec={
-                "selector": {"match_labels": selector},
-                "update_strategy": {
-                    "type": "RollingUpdate",
-                    "rolling_update": {"max_unavailable": 1},
-                },
-                "template": {
-                    "metadata": {
-                        "labels": labels(),
-                        "annotations": {
-                            "qualcomm.com/resource-names": ",".join(s.resource_names),
-                        },
-                    },
-                    "spec": pod_spec(s, args.image_ref, self.service_account.metadata.name),
-                },
-            },
+            spec=daemonset_spec(
+                APP_NAME, labels(),
+                pod_spec(s, args.image_ref, self.service_account.metadata.name),
+                annotations={"qualcomm.com/resource-names": ",".join(s.resource_names)},
+            ),
             opts=with_ns,
         )
         if s.sku_based_resources:

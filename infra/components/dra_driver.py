@@ -25,6 +25,7 @@ from infra.components.dra_objects import (
     slice_policy_spec,
 )
 from infra.components.dra_pod import dra_pod_spec
+from infra.components.plugin_pod import daemonset_spec
 from infra.settings import StackSettings
 
 TYPE_TOKEN = "qaic-k8s:index:DraDriver"
@@ -107,21 +108,11 @@ class DraDriver(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.slice_policy]),
         )
 
-        selector = {"app.kubernetes.io/name": DRA_APP_NAME}
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
             metadata={"name": DRA_APP_NAME, "namespace": args.namespace, "labels": dra_labels()},
-            spec={
-                "selector": {"match_labels": selector},
-                "update_strategy": {
-                    "type": "RollingUpdate",
-                    "rolling_update": {"max_unavailable": 1},
-                },
-                "template": {
-                    "metadata": {"labels": dra_labels()},
-                    "spec": dra_pod_spec(s, args.image_ref, args.service_account),
-                },
-            },
+            spec=daemonset_spec(DRA_APP_NAME, dra_labels(),
+                                dra_pod_spec(s, args.image_ref, args.service_account)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
                 *args.depends_on, self.role_binding, self.slice_binding,
             ]),

@@ -226,3 +226,18 @@ def pod_spec(
     if s.create_pull_secret:
         spec["image_pull_secrets"] = [{"name": PULL_SECRET_NAME}]
     return spec
+
+
+def daemonset_spec(
+    app: str, pod_labels: dict[str, str], pod: k8s.core.v1.PodSpecArgsDict,
+    annotations: dict[str, str] | None = None,
+) -> k8s.apps.v1.DaemonSetSpecArgsDict:
+    """One pod per node, replaced one node at a time (a node's SoCs are never served twice)."""
+    metadata: k8s.meta.v1.ObjectMetaArgsDict = {"labels": pod_labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "selector": {"match_labels": {"app.kubernetes.io/name": app}},
+        "update_strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 1}},
+        "template": {"metadata": metadata, "spec": pod},
+    }
