@@ -93,8 +93,9 @@ def test_api_server_accepts_every_rendered_object_and_the_policy_keeps_slices_on
         assert applied.returncode == 0, applied.stderr
     classes = kubectl(api, "get", "deviceclasses.resource.k8s.io", "-o", "name")
     assert len(classes.stdout.split()) == 10, classes.stdout
-    got = json.loads(kubectl(api, "get", "resourceclaimtemplate", "-n", "qaic-workloads",
-                             "qaic-ultra-4soc", "-o", "json").stdout)
+    [got] = json.loads(kubectl(api, "get", "resourceclaimtemplate", "-n", "qaic-workloads", "-l",
+                               "app.kubernetes.io/name=qaic-ultra-4soc", "-o", "json").stdout)[
+        "items"]  # named by its spec's hash, found by its app label
     assert got["spec"]["spec"]["devices"]["constraints"] == [
         {"requests": ["socs"], "matchAttribute": "qaic.qualcomm.com/cardID"}]
 
