@@ -1,0 +1,76 @@
+"""The processes of the side-by-side run and what /proc says about them (CPU per process and
+per thread, RSS split into anonymous and file-backed memory)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.process import PluginProcess, node_env
+
+from . import procfs
+from .peer import PeerProcess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ours_env(node: FakeNode, plugin_dir: Path, metrics_port: int) -> dict[str, str]:
+    """The DaemonSet's configuration on the fake node (infra/components/plugin_pod.py)."""
+    return {
+        **node_env(node, plugin_dir, metrics_port=metrics_port),
+        "QAIC_METRICS_ADDRESS": "127.0.0.1",
+        "QAIC_UDEV_ENABLED": "true",
+        "QAIC_UDEV_SOURCE": "kernel",
+    }
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own utime+stime, reaped children's) of a process, from /proc/<pid>/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of one name summed): where our idle CPU goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+            name = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw.rpartition(")")[2].split()
+            label = "main (event loop)" if tid == str(pid) else name
+            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def rss(pid: int) -> dict[str, float]:
+    return {k: procfs.status_field(pid, k) * 1024 / 1e6 for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
+class Pair:
+    """Both plugins on the node, started and stopped together."""
+
+    def __init__(self, node: FakeNode, plugin_dir: Path, work: Path, binary: Path | None) -> None:
+        self.node, self.plugin_dir, self.work, self.binary = node, plugin_dir, work, binary
+
+    def ours(self, tag: str, **extra: str) -> PluginProcess:
+        env = {**ours_env(self.node, self.plugin_dir, free_port()), **extra}
+        return PluginProcess(env, self.work / f"ours-{tag}.log")
+
+    def peer(self, tag: str) -> PeerProcess | None:
+        if self.binary is None:
+            return None
+        log = self.work / f"peer-{tag}.log"
+        return PeerProcess(self.binary, self.node.root, self.plugin_dir, log)
