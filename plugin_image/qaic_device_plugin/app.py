@@ -23,6 +23,7 @@ from .observability.http import serve_http_forever
 from .observability.metrics import Metrics
 from .qaic.cdi import CdiSpecFile
 from .qaic.discovery import discover
+from .qaic.fingerprint import Fingerprint, fingerprint
 from .qaic.health import Finding, Signal
 from .qaic.inventory import Inventory, NodeState, SocState, log_health_changes
 from .qaic.model import QaicUtilEntry
@@ -92,6 +93,8 @@ class App:
         self._asked: set[str] = set()  # SoCs qaic-util was run for since they (re)appeared
         self._refreshed = asyncio.Condition()
         self._generation = 0
+        self._fingerprint: Fingerprint | None = None  # taken just before the last full scan
+        self._full_scan_at = float("-inf")
 
     # -- state -------------------------------------------------------------------------------
 
@@ -145,8 +148,18 @@ class App:
                 socs.append(replace(s, findings=(*s.findings, pending)))
         return replace(state, socs=tuple(socs))
 
+    def _take_fingerprint(self) -> Fingerprint:
+        socs = [s.soc for s in self.state.socs] if self.state is not None else []
+        return fingerprint(self.settings.sysfs_root, self.settings.dev_root, socs)
+
     async def refresh(self) -> NodeState:
+        before = self._take_fingerprint()  # before the scan: a change during it shows next tick
+        self._full_scan_at = self.clock()
         state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
+        same_socs = self.state is not None and [s.soc for s in self.state.socs] == [
+            s.soc for s in state.socs
+        ]
+        self._fingerprint = before if same_socs else None  # new SoCs: fingerprint them next
         state = self.held.apply(state)
         self.saved.save()  # before kubelet sees what the file must carry over a restart
         log_health_changes(self.state, state)
@@ -241,11 +254,19 @@ class App:
             self._dirty.set()
 
     async def _resync(self) -> None:
+        """The safety net under inotify and udev: every QAIC_RESYNC_SECONDS a fingerprint of
+        what a scan reads (a few dozen syscalls); the full scan only when it changed, or
+        after QAIC_FULL_RESCAN_SECONDS (qaic/fingerprint.py says what it cannot see)."""
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
             if self.held.any_held:  # kubelet has no event for a pod releasing it
                 await self.held.poll()
-            self._dirty.set()
+                self._dirty.set()
+            elif (
+                self.clock() - self._full_scan_at >= self.settings.full_rescan_period
+                or self._take_fingerprint() != self._fingerprint
+            ):
+                self._dirty.set()
 
     def _wake_at_cooldown_end(self) -> None:
         """A SoC in RAS cool-down recovers when it ends, not at the next periodic resync."""
@@ -257,10 +278,26 @@ class App:
             delay = max(0.0, expiry - self.clock()) + 0.001
             self._cooldown_timer = asyncio.get_running_loop().call_later(delay, self._dirty.set)
 
+    def _poll_period(self) -> float:
+        """QAIC_HEALTH_POLL_SECONDS while qaic-util is missing, failing, or its last answer had
+        a SoC not Ready (it is what tells when that SoC is back); the longer idle period
+        while all were Ready: their changes come with events (udev, a SoC re-appearing) that
+        run qaic-util at once."""
+        entries = self._current_qaic_util()
+        present = {s.soc.pci_address for s in self.state.socs} if self.state else set()
+        if (
+            self.qaic_util_path is None
+            or entries is None
+            or not present
+            or not present <= {e.pci_address for e in entries if e.ready}
+        ):
+            return self.settings.health_poll_seconds
+        return self.settings.health_poll_idle_period
+
     async def _qaic_util_poller(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), self.settings.health_poll_seconds)
+                await asyncio.wait_for(self._poll_now.wait(), self._poll_period())
             if self._poll_now.is_set():
                 await asyncio.sleep(EARLY_POLL_COALESCE_SECONDS)
             self._poll_now.clear()

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         "a number of seconds > 0",
         gt=0,
     )
+    full_rescan_seconds: float | None = _setting(
+        "QAIC_FULL_RESCAN_SECONDS",
+        None,
+        "a full sysfs scan at least this often even when the cheap fingerprint taken every"
+        " QAIC_RESYNC_SECONDS is unchanged (it cannot see every attribute; udev events and"
+        " inotify trigger full scans at once); unset: 12 x QAIC_RESYNC_SECONDS",
+        "a number of seconds > 0",
+        gt=0,
+    )
     health_poll_seconds: float = _setting(
         "QAIC_HEALTH_POLL_SECONDS",
         30.0,
@@ -113,6 +122,15 @@ class Settings(BaseSettings):
         " was found, how often it is looked for again); qaic-util is its only source, so"
         " without it health comes from sysfs via inotify/udev and the QAIC_RESYNC_SECONDS"
         " rescan",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    health_poll_idle_seconds: float | None = _setting(
+        "QAIC_HEALTH_POLL_IDLE_SECONDS",
+        None,
+        "how often qaic-util runs while its last answer had every SoC Ready (a reset, a"
+        " udev event or a SoC appearing runs it at once, and QAIC_HEALTH_POLL_SECONDS applies"
+        " again until all are Ready); unset: 4 x QAIC_HEALTH_POLL_SECONDS",
         "a number of seconds > 0",
         gt=0,
     )
@@ -257,6 +275,14 @@ class Settings(BaseSettings):
         if v:
             ipaddress.ip_address(v)  # ValueError names the value
         return v
+
+    @property
+    def full_rescan_period(self) -> float:
+        return self.full_rescan_seconds or 12 * self.resync_seconds
+
+    @property
+    def health_poll_idle_period(self) -> float:
+        return self.health_poll_idle_seconds or 4 * self.health_poll_seconds
 
 
 class SettingsError(Exception):

@@ -1,0 +1,112 @@
+"""A cheap fingerprint of everything a full scan reads, so the periodic safety rescan costs a
+few dozen syscalls instead of a full discovery (issue 11: the node pays for every idle tick).
+
+What it covers, and how:
+- PCI functions appearing or leaving: the listing of `bus/pci/devices`;
+- accel entries appearing, leaving or moving: `class/accel` names and link targets;
+- device nodes: `dev/accel` names with inode, device number and mode;
+- per known SoC: its driver link, the inode and mtime of its PCI function and accel
+  directories (a SoC re-created by a reset gets new inodes; an attribute replaced by rename
+  changes its directory's mtime), and the content of `ue_count`, the one RAS counter that
+  marks a SoC unhealthy (sysfs attributes keep their mtime when their value changes, so it
+  is read, not stat'ed).
+
+What it cannot see: a value change of a sysfs attribute other than `ue_count` with no uevent
+(a `dbc<N>_state` in real sysfs; the driver sends KOBJ_CHANGE for it). The full rescan every
+QAIC_FULL_RESCAN_SECONDS catches that, and udev events trigger a full scan at once.
+An unreadable path contributes its errno: a change in readability is a change too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .model import Soc
+
+Fingerprint = tuple[object, ...]
+
+
+def _listing(path: str) -> object:
+    try:
+        return tuple(sorted(os.listdir(path)))
+    except OSError as e:
+        return ("errno", e.errno)
+
+
+def _links(path: str) -> object:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        return ("errno", e.errno)
+    out: list[tuple[str, str]] = []
+    for name in names:
+        try:
+            out.append((name, os.readlink(os.path.join(path, name))))
+        except OSError as e:
+            out.append((name, f"errno {e.errno}"))
+    return tuple(out)
+
+
+def _nodes(path: str) -> object:
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+            out = []
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.name, st.st_ino, st.st_rdev, st.st_mode))
+                except OSError as err:
+                    out.append((e.name, err.errno or 0, 0, 0))
+            return tuple(out)
+    except OSError as e:
+        return ("errno", e.errno)
+
+
+def _stat(path: str) -> object:
+    try:
+        st = os.stat(path)
+        return (st.st_ino, st.st_mtime_ns)
+    except OSError as e:
+        return ("errno", e.errno)
+
+
+def _readlink(path: str) -> object:
+    try:
+        return os.readlink(path)
+    except OSError as e:
+        return ("errno", e.errno)
+
+
+def _read(path: str) -> object:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO in a broken tree
+    except OSError as e:
+        return ("errno", e.errno)
+    try:
+        return os.read(fd, 64)
+    except OSError as e:
+        return ("errno", e.errno)
+    finally:
+        os.close(fd)
+
+
+def fingerprint(sysfs_root: Path, dev_root: Path, socs: Iterable[Soc]) -> Fingerprint:
+    """Equal fingerprints: a full scan would read what it read last time (see module doc)."""
+    sys_ = str(sysfs_root)
+    parts: list[object] = [
+        _listing(os.path.join(sys_, "bus", "pci", "devices")),
+        _links(os.path.join(sys_, "class", "accel")),
+        _nodes(os.path.join(str(dev_root), "accel")),
+    ]
+    for soc in socs:
+        fn = os.path.join(sys_, "bus", "pci", "devices", soc.pci_address)
+        parts += [
+            _readlink(os.path.join(fn, "driver")),
+            _stat(fn),
+            _stat(os.path.join(sys_, "class", "accel", soc.accel_name)),
+            _read(os.path.join(fn, "ue_count")),
+        ]
+    return tuple(parts)
