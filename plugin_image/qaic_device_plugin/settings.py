@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic_settings
-import yaml
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -380,6 +379,11 @@ def load(argv: Sequence[str] | None = None) -> Settings:
             "accepted: the path of a readable YAML file"
         )
     by_env = {_env_name(n, Settings.model_fields[n]): v for n, v in args.items()}
+    file_errors: tuple[type[Exception], ...] = (OSError, ValueError, TypeError, AttributeError)
+    if path is not None:  # PyYAML only when there is a file to read (issue 11: imports cost)
+        import yaml
+
+        file_errors += (yaml.YAMLError,)
     try:
         return _reading(path)(**by_env)
     except ValidationError as e:
@@ -393,7 +397,7 @@ def load(argv: Sequence[str] | None = None) -> Settings:
             f"invalid setting {env}={raw!r}: not valid JSON; accepted: "
             + (_accepted(info) if info else "JSON")
         ) from None
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+    except file_errors as e:
         reason = " ".join(str(e).split())  # YAML errors span lines; keep one
         raise SettingsError(
             f"invalid setting {CONFIG_FILE_ENV}={config_file!r}: {reason}; "

@@ -20,7 +20,7 @@ An unreadable path contributes its errno: a change in readability is a change to
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .model import Soc
@@ -110,3 +110,31 @@ def fingerprint(sysfs_root: Path, dev_root: Path, socs: Iterable[Soc]) -> Finger
             _read(os.path.join(fn, "ue_count")),
         ]
     return tuple(parts)
+
+
+class RescanGate:
+    """Whether a periodic resync tick needs the full scan: the fingerprint changed since the
+    one taken just before the last full scan, or `full_period` seconds have passed."""
+
+    def __init__(
+        self, sysfs_root: Path, dev_root: Path, full_period: float, clock: Callable[[], float]
+    ) -> None:
+        self.sysfs_root, self.dev_root = sysfs_root, dev_root
+        self.full_period, self.clock = full_period, clock
+        self._last: Fingerprint | None = None
+        self._at = float("-inf")
+
+    def take(self, socs: Iterable[Soc]) -> Fingerprint:
+        return fingerprint(self.sysfs_root, self.dev_root, socs)
+
+    def scanning(self, socs: Iterable[Soc]) -> Fingerprint:
+        """Call just before a full scan: a change during the scan shows at the next tick."""
+        self._at = self.clock()
+        return self.take(socs)
+
+    def scanned(self, before: Fingerprint, *, same_socs: bool) -> None:
+        """After the scan; SoCs that came or went are fingerprinted from the next scan on."""
+        self._last = before if same_socs else None
+
+    def due(self, socs: Iterable[Soc]) -> bool:
+        return self.clock() - self._at >= self.full_period or self.take(socs) != self._last
