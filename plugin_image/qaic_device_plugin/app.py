@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .backend import HeldSocs, QaicResource
+from .backend import QaicResource
 from .fswatch import watch_directory
+from .held_socs import HeldSocs
 from .kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
 from .kubelet.manager import PluginManager
 from .observability.sink import MetricsSink, metrics_for
