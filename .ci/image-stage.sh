@@ -186,7 +186,8 @@ run_arch() {
   out=$(buildah run --isolation chroot "$ctr" -- "${entry[@]}" --version) || die "[$arch] --version failed"
   say "[$arch] --version: $out"
   [ "$out" = "qaic-device-plugin $version" ] || die "[$arch] --version printed '$out', want 'qaic-device-plugin $version'"
-  machine=$(buildah run --isolation chroot "$ctr" -- uname -m)
+  # no uname in the image (no coreutils, no shell): ask its python
+  machine=$(buildah run --isolation chroot "$ctr" -- /opt/venv/bin/python -c 'import platform; print(platform.machine())')
   case "$arch:$machine" in amd64:x86_64|arm64:aarch64) ;; *) die "[$arch] runs as $machine" ;; esac
 
   # A fake node (2 Ultra = 8 SoCs, 1 Std, 1 Pro) and the kubelet simulator on the host; the
