@@ -70,9 +70,11 @@ def _copy(src: str, dest: Path, done: set[str]) -> None:
             if not target.is_symlink():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(link)
-            resolved = (cur.parent / link).resolve()
-            rest = Path(*parts[i + 1 :]) if i + 1 < len(parts) else None
-            _copy(str(resolved / rest) if rest else str(resolved), dest, done)
+            # one step (cur.parent has no symlink left): a chain of links is re-created link
+            # by link, as the venv's python -> /usr/bin/python3 -> python3.11 needs
+            step = os.path.normpath(os.path.join(cur.parent, link))
+            rest = os.path.join(*parts[i + 1 :]) if i + 1 < len(parts) else ""
+            _copy(os.path.join(step, rest) if rest else step, dest, done)
             return
     target = dest / src.lstrip("/")
     if Path(src).is_dir():
