@@ -189,6 +189,7 @@ def _side_by_side(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "floor": r.floor.__dict__,
         "import_profile": r.import_profile,
         "threads_cpu": r.threads_cpu,
+        "rss_by_import": r.rss_by_import,
     }
 
 

@@ -74,3 +74,44 @@ class Pair:
             return None
         log = self.work / f"peer-{tag}.log"
         return PeerProcess(self.binary, self.node.root, self.plugin_dir, log)
+
+
+# What each step of the plugin's imports adds to RSS, in a fresh interpreter: the profile of an
+# RSS miss (issue 11). Steps are cumulative; the last imports the app as the process does.
+RSS_STEPS = (
+    ("python", ""),
+    ("grpc.aio", "grpc.aio"),
+    ("protobuf + device-plugin stubs", "qaic_device_plugin.kubelet.api.deviceplugin_pb2_grpc"),
+    ("prometheus_client", "prometheus_client"),
+    ("pyudev + asyncinotify", "pyudev,asyncinotify"),
+    ("pydantic + pydantic_settings", "pydantic_settings"),
+    ("the plugin (app, settings, ...)", "qaic_device_plugin.__main__,qaic_device_plugin.app"),
+)
+_RSS_PROBE = """
+import importlib, sys
+for step in sys.argv[1:]:
+    for m in filter(None, step.split(",")):
+        importlib.import_module(m)
+    st = open("/proc/self/status").read()
+    print(int(st.split("VmRSS:")[1].split()[0]), flush=True)
+"""
+
+
+def rss_by_import() -> list[tuple[str, float]]:
+    """(step, MB it adds), measured in one fresh interpreter of the plugin's venv."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, *(m for _, m in RSS_STEPS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    values = [int(x) * 1024 / 1e6 for x in done.stdout.split()]  # VmRSS KiB -> MB
+    out, prev = [], 0.0
+    for (name, _), mb in zip(RSS_STEPS, values, strict=True):
+        out.append((name, mb - prev))
+        prev = mb
+    return out

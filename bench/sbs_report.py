@@ -210,6 +210,11 @@ def profile(r: SideBySide, rs: Sequence[SbsRow]) -> str:
         f"  imports at start ({total:.0f} ms self time, PYTHONPROFILEIMPORTTIME): "
         + ", ".join(f"{k} {ms:.0f} ms ({100 * ms / total:.0f}%)" for k, ms in r.import_profile[:8])
     )
+    if r.rss_by_import:
+        lines.append(
+            "  RSS each import step adds (fresh interpreter): "
+            + ", ".join(f"{name} +{mb:.1f} MB" for name, mb in r.rss_by_import)
+        )
     for who, side in (("ours", r.ours), ("floor", r.floor), ("peer", r.peer)):
         rss = side.facts.get("rss_idle")
         if isinstance(rss, dict):

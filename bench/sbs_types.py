@@ -46,6 +46,7 @@ class SideBySide:
     peer_available: bool = False
     import_profile: list[tuple[str, float]] = field(default_factory=list)  # package, ms (self)
     threads_cpu: dict[str, float] = field(default_factory=dict)  # our threads, CPU s / 60 s
+    rss_by_import: list[tuple[str, float]] = field(default_factory=list)  # step, MB added
 
 
 def all_more(before: dict[str, int], wanted: list[str], k: KubeletSim) -> bool:

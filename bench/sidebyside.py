@@ -24,7 +24,7 @@ from .live import BenchError, FloorServer, import_grpc_floor
 from .peer import RESOURCE as PEER_RESOURCE
 from .peer import PeerBinary, PeerProcess
 from .sbs_events import flips, restarts
-from .sbs_procs import Pair, cpu_seconds, rss, thread_cpu
+from .sbs_procs import Pair, cpu_seconds, rss, rss_by_import, thread_cpu
 from .sbs_types import OURS_RESOURCE, SbsCounts, Side, SideBySide, last_reg, regs
 
 
@@ -205,6 +205,7 @@ async def run(counts: SbsCounts, work: Path, peer: PeerBinary) -> SideBySide:
         async with KubeletSim(plugin_dir) as kubelet:
             await starts(pair, kubelet, counts.starts, out)
             out.import_profile = await import_profile(pair, kubelet)
+            out.rss_by_import = rss_by_import()
             async with both_running(pair, kubelet, out) as (ours, peer_proc):
                 await idle(counts, ours, peer_proc, floor, out)
                 await allocates(counts, kubelet, node, ours, peer_proc, floor, out)
