@@ -215,6 +215,10 @@ run_arch() {
   fi
   say "[$arch] registered and listed $want SoCs in $(( $(date +%s) - t0 ))s: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["registrations"], {k: v["healthy"] for k, v in d["resources"].items()})' "$work/kubelet-$arch.json")"
 
+  # the image has no shell: the fake qaic-util (#!/usr/bin/env python3) must still run in it
+  if grep -q "no usable qaic-util\|qaic-util cannot run" "$work/plugin-$arch.log"; then
+    sed 's/^/  plugin | /' "$work/plugin-$arch.log"; die "[$arch] qaic-util did not run in the container"
+  fi
   local pp; pp=$(plugin_process "$plugin_pid")
   [ -n "$pp" ] || die "[$arch] cannot find the plugin process under buildah run ($plugin_pid)"
   kill -TERM "$pp"

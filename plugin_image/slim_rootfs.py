@@ -12,6 +12,7 @@ It copies, into DEST, keeping every symlink on the way (merged /usr, the venv's 
 - every shared library that the interpreter, any extension module, or the libraries the host's
   qaic-util needs (EXTRA_LIBS) link against, found with `ldd`, plus the dynamic loader;
 - `ldconfig` and its cache: ctypes.util.find_library (pyudev's way to libudev) runs it;
+- `/usr/bin/env`, so a `#!/usr/bin/env python3` qaic-util wrapper (the CI's fake one) runs;
 - pci.ids when present (qaic-util's libpci names devices with it), /etc/passwd and group.
 
 It works on any glibc base with python3 (the public python:3.12-slim-bookworm or the local
@@ -51,6 +52,8 @@ DROP_STDLIB = (
 # Linked by the host's qaic-util (mounted from the Platform SDK) and by pyudev (ctypes).
 EXTRA_LIBS = ("libudev.so.1", "libstdc++.so.6", "libgcc_s.so.1", "libpci.so.3", "librt.so.1")
 DATA = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/etc/ld.so.cache")
+# `#!/usr/bin/env python3` scripts (the CI's fake qaic-util) need env; 50 kB.
+EXTRA_BINS = ("/usr/bin/env",)
 _LDD_PATH = re.compile(r"(/\S+)")
 
 
@@ -151,6 +154,7 @@ def assemble(venv: Path, dest: Path, keep: set[str]) -> None:
         if found is None:
             raise SystemExit(f"slim_rootfs: {name} is not installed in the base")
         elves.append(found)
+    elves += [b for b in EXTRA_BINS if os.path.exists(b)]
     ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
     _copy(ldconfig, dest, done)
     _copy("/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else ldconfig, dest, done)
