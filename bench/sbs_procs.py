@@ -31,27 +31,36 @@ def ours_env(node: FakeNode, plugin_dir: Path, metrics_port: int) -> dict[str, s
     }
 
 
+def _task_ns(pid: int, tid: str) -> int:
+    """A thread's time on CPU in ns (schedstat): the 10 ms ticks of /proc/<pid>/stat are too
+    coarse for an idle process that uses about that much a minute."""
+    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(own utime+stime, reaped children's) of a process, from /proc/<pid>/stat."""
+    """(own: every thread's time on CPU, from schedstat; reaped children's, from
+    /proc/<pid>/stat cutime+cstime in ticks: qaic-util runs are reaped by the plugin)."""
+    own = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            own += _task_ns(pid, tid)
     tick = os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    # fields[0] is field 3 (state): cutime=16, cstime=17
+    return own / 1e9, (int(fields[13]) + int(fields[14])) / tick
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread name (threads of one name summed): where our idle CPU goes."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
-            name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            fields = raw.rpartition(")")[2].split()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
             label = "main (event loop)" if tid == str(pid) else name
-            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            out[label] = out.get(label, 0.0) + _task_ns(pid, tid) / 1e9
     return out
 
 
