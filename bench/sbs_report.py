@@ -60,6 +60,8 @@ def rows(r: SideBySide) -> list[SbsRow]:
             cpu_p,
             "<= 2x peer",
             None if cpu_o is None or cpu_p is None else cpu_o.median <= 2 * cpu_p.median,
+            "bare grpcio server, same windows",
+            _dist(f.values, "idle.cpu", MS),
         )
     )
     out.append(
@@ -163,18 +165,22 @@ def rows(r: SideBySide) -> list[SbsRow]:
     return out
 
 
+def _num(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 1 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+
+
 def _fmt(d: Dist | None) -> str:
     if d is None:
         return "-"
     if d.runs == 1:
-        return f"{d.median:.1f}"
-    return f"{d.median:.1f} (p99 {d.p99:.1f}, n={d.runs})"
+        return _num(d.median)
+    return f"{_num(d.median)} (p99 {_num(d.p99)}, n={d.runs})"
 
 
 def table(rs: Sequence[SbsRow], peer_status: str, peer_available: bool) -> str:
     head = (
-        f"{'figure':<44} {'unit':<4} {'ours':>26} {'Go peer':>26} {'ours/peer':>9}  "
-        f"{'floor (same run)':>18}  {'target':<26} met"
+        f"{'figure':<44} {'unit':<4} {'ours':>28} {'Go peer':>28} {'ours/peer':>9}  "
+        f"{'floor (same run)':>28} {'ours/floor':>10}  {'target':<26} met"
     )
     lines = [
         "side by side with Intel's NPU device plugin v0.36.0 (Go): "
@@ -186,9 +192,14 @@ def table(rs: Sequence[SbsRow], peer_status: str, peer_available: bool) -> str:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         met = "-" if r.met is None else ("yes" if r.met else "NO")
         floor = _fmt(r.floor) if r.floor else "-"
+        of = (
+            f"{r.ours.median / r.floor.median:.2f}x"
+            if r.ours and r.floor and r.floor.median > 0
+            else "-"
+        )
         lines.append(
-            f"{r.figure:<44} {r.unit:<4} {_fmt(r.ours):>26} {_fmt(r.peer):>26} {ratio:>9}  "
-            f"{floor:>18}  {r.target:<26} {met}"
+            f"{r.figure:<44} {r.unit:<4} {_fmt(r.ours):>28} {_fmt(r.peer):>28} {ratio:>9}  "
+            f"{floor:>28} {of:>10}  {r.target:<26} {met}"
         )
     return "\n".join(lines)
 

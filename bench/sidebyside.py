@@ -127,13 +127,16 @@ async def idle(
         side.facts["rss_idle"] = rss(pid)
     threads0 = thread_cpu(ours.pid)
     for _ in range(counts.idle_windows):
+        f0 = cpu_seconds(floor.proc.pid)  # a bare grpcio server idles in the same window
         o0, p0 = cpu_seconds(ours.pid), cpu_seconds(peer.pid) if peer else (0.0, 0.0)
         t0 = time.monotonic()
         await asyncio.sleep(counts.idle_seconds)
         o1, p1 = cpu_seconds(ours.pid), cpu_seconds(peer.pid) if peer else (0.0, 0.0)
+        f1 = cpu_seconds(floor.proc.pid)
         scale = 60.0 / (time.monotonic() - t0)
         out.ours.add("idle.cpu", (o1[0] - o0[0]) * scale)
         out.ours.add("idle.cpu_children", (o1[1] - o0[1]) * scale)
+        out.floor.add("idle.cpu", (f1[0] - f0[0]) * scale)
         if peer is not None:
             out.peer.add("idle.cpu", (p1[0] - p0[0]) * scale)
             out.peer.add("idle.cpu_children", (p1[1] - p0[1]) * scale)
