@@ -226,6 +226,18 @@ def profile(r: SideBySide, rs: Sequence[SbsRow]) -> str:
             "  RSS each import step adds (fresh interpreter): "
             + ", ".join(f"{name} +{mb:.1f} MB" for name, mb in r.rss_by_import)
         )
+    fl, pbf, al = (
+        _dist(r.floor.values, "unary", MS),
+        _dist(r.floor.values, "pb_allocate", MS),
+        _dist(r.ours.values, "allocate", MS),
+    )
+    if fl and pbf and al:
+        lines.append(
+            f"  Allocate medians: empty bytes call {_num(fl.median)} ms, a constant-reply protobuf "
+            f"servicer {_num(pbf.median)} ms ({pbf.median / fl.median:.2f}x), ours "
+            f"{_num(al.median)} ms ({al.median / fl.median:.2f}x the bytes call, "
+            f"{al.median / pbf.median:.2f}x the protobuf servicer)"
+        )
     for who, side in (("ours", r.ours), ("floor", r.floor), ("peer", r.peer)):
         rss = side.facts.get("rss_idle")
         if isinstance(rss, dict):

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from grpc import aio
+
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
+from qaic_device_plugin.kubelet.api import deviceplugin_pb2_grpc as pb_grpc
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import DEMO_CARDS, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
@@ -153,9 +157,10 @@ async def allocates(
     peer: PeerProcess | None,
     floor: FloorServer,
     out: SideBySide,
+    pb_floor: pb_grpc.DevicePluginStub,
 ) -> None:
-    """Allocate of one device on each plugin next to an empty grpcio call, interleaved; then
-    RSS after all of them."""
+    """Allocate of one device on each plugin next to an empty grpcio call and a constant-reply
+    protobuf servicer's Allocate (bench/pb_floor_server.py), interleaved; then RSS after."""
     mine = [
         pb.AllocateRequest(
             container_requests=[pb.ContainerAllocateRequest(devices_ids=[s.pci_address])]
@@ -178,19 +183,46 @@ async def allocates(
         t1 = clock()
         await ours_stub.Allocate(mine[i % len(mine)], timeout=10)
         t2 = clock()
+        await pb_floor.Allocate(mine[i % len(mine)], timeout=10)
+        t3 = clock()
         if keep:
             out.floor.add("unary", t1 - t0)
             out.ours.add("allocate", t2 - t1)
+            out.floor.add("pb_allocate", t3 - t2)
         if peer_stub is not None and peer_req is not None:
-            t3 = clock()
+            t4 = clock()
             await peer_stub.Allocate(peer_req, timeout=10)
             if keep:
-                out.peer.add("allocate", clock() - t3)
+                out.peer.add("allocate", clock() - t4)
     await asyncio.sleep(1.0)
     out.ours.facts["rss_after_allocates"] = rss(ours.pid)
     if peer is not None:
         out.peer.facts["rss_after_allocates"] = rss(peer.pid)
     out.ours.facts["allocates"] = out.peer.facts["allocates"] = counts.warmup + counts.allocates
+
+
+@contextlib.asynccontextmanager
+async def pb_floor_server(sock: Path) -> AsyncIterator[pb_grpc.DevicePluginStub]:
+    """bench/pb_floor_server.py as a subprocess, and a stub for it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("pb_floor_server.py")),
+        str(sock),
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    channel = aio.insecure_channel(f"unix://{sock}")
+    try:
+        async with asyncio.timeout(30):
+            if (await proc.stdout.readline()).strip() != b"ready":
+                raise BenchError("protobuf floor server did not start")
+        yield pb_grpc.DevicePluginStub(channel)
+    finally:
+        await channel.close(None)
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
 
 
 async def run(counts: SbsCounts, work: Path, peer: PeerBinary) -> SideBySide:
@@ -211,7 +243,8 @@ async def run(counts: SbsCounts, work: Path, peer: PeerBinary) -> SideBySide:
             out.rss_by_import = rss_by_import()
             async with both_running(pair, kubelet, out) as (ours, peer_proc):
                 await idle(counts, ours, peer_proc, floor, out)
-                await allocates(counts, kubelet, node, ours, peer_proc, floor, out)
+                async with pb_floor_server(work / "pb-floor.sock") as pb_floor:
+                    await allocates(counts, kubelet, node, ours, peer_proc, floor, out, pb_floor)
                 await flips(counts, kubelet, node, peer_proc is not None, out)
                 await restarts(counts, kubelet, node, peer_proc is not None, out)
     finally:
