@@ -38,6 +38,8 @@ SWEEP = (0.6, 0.85, 1.0)
 def _clean_environment() -> None:
     """The plugin inherits our environment: start it from defaults, as the tests do."""
     for k in list(os.environ):
+        if k in ("QAIC_TOOLS_DIR", "QAIC_TOOLS_DOWNLOAD"):  # where e2e/tools.sh caches the peer
+            continue
         if k.startswith("QAIC_") or k == "ALLOWED_QAIC_DEVICE_SHARES":
             del os.environ[k]
 
