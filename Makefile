@@ -31,10 +31,10 @@ $(STAMP): pyproject.toml package.json
 reliability: $(STAMP)  ## the reliability suite at the issue's full counts
 	QAIC_RELIABILITY_FULL=1 $(BIN)/pytest -q -s -m reliability
 
-bench: $(STAMP)  ## every issue-6 figure next to its floor (~3-4 min); BENCH_ARGS=--record rewrites bench/results.json
+bench: $(STAMP)  ## every issue-6 figure next to its floor, then issue 11 side by side with the Go peer (~8 min); BENCH_ARGS=--record rewrites bench/results.json
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: $(STAMP)  ## ~10x smaller counts: a smoke run for CI
+bench-quick: $(STAMP)  ## ~10x smaller counts, side-by-side included: a smoke run for CI
 	$(BIN)/python -m bench --quick
 
 image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah); IMAGE_ARGS="--tag REG/qaic-device-plugin:X --push"

@@ -186,7 +186,8 @@ run_arch() {
   out=$(buildah run --isolation chroot "$ctr" -- "${entry[@]}" --version) || die "[$arch] --version failed"
   say "[$arch] --version: $out"
   [ "$out" = "qaic-device-plugin $version" ] || die "[$arch] --version printed '$out', want 'qaic-device-plugin $version'"
-  machine=$(buildah run --isolation chroot "$ctr" -- uname -m)
+  # no uname in the image (no coreutils, no shell): ask its python
+  machine=$(buildah run --isolation chroot "$ctr" -- /opt/venv/bin/python -c 'import platform; print(platform.machine())')
   case "$arch:$machine" in amd64:x86_64|arm64:aarch64) ;; *) die "[$arch] runs as $machine" ;; esac
 
   # A fake node (2 Ultra = 8 SoCs, 1 Std, 1 Pro) and the kubelet simulator on the host; the
@@ -214,6 +215,10 @@ run_arch() {
   fi
   say "[$arch] registered and listed $want SoCs in $(( $(date +%s) - t0 ))s: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["registrations"], {k: v["healthy"] for k, v in d["resources"].items()})' "$work/kubelet-$arch.json")"
 
+  # the image has no shell: the fake qaic-util (#!/usr/bin/env python3) must still run in it
+  if grep -q "no usable qaic-util\|qaic-util cannot run" "$work/plugin-$arch.log"; then
+    sed 's/^/  plugin | /' "$work/plugin-$arch.log"; die "[$arch] qaic-util did not run in the container"
+  fi
   local pp; pp=$(plugin_process "$plugin_pid")
   [ -n "$pp" ] || die "[$arch] cannot find the plugin process under buildah run ($plugin_pid)"
   kill -TERM "$pp"

@@ -22,6 +22,7 @@ PULUMI_LANGHOST_SDK=${PULUMI_LANGHOST_SDK:-v3.75.0}   # last sdk/v3 carrying the
 PULUMI_K8S_PROVIDER_PSEUDO=${PULUMI_K8S_PROVIDER_PSEUDO:-v4.0.0-20260115033456-f47bc2d6f199}
 PULUMI_K8S_VERSION=${PULUMI_K8S_VERSION:-4.25.0}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}   # with CDI, for DRA pods (cluster/)
+INTEL_NPU_VERSION=${INTEL_NPU_VERSION:-v0.36.0}   # the Go peer of bench's side-by-side mode
 TOOLS=${QAIC_TOOLS_DIR:-/var/cache/qaic-k8s/tools}
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN=local
 mkdir -p "$TOOLS"
@@ -198,6 +199,26 @@ build_containerd() {
    go install -trimpath -tags "$tags" -ldflags "$ld" "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION"
    go install -trimpath -tags "$tags no_grpc" -ldflags "$ld" "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION")
   "$out/bin/containerd" --version | grep -qF " $CONTAINERD_VERSION"
+  touch "$out/.done"
+}
+
+# Intel's NPU device plugin, the Go peer `python -m bench` measures ours against (issue 11):
+# a static binary; its go.mod has replaces, so `go install` is refused and a wrapper module
+# repeats its replace block verbatim (REAL_PARTS.md section 1). Not part of the default set:
+# bench asks for it (bench/peer.py), e2e does not need it.
+build_intel_npu_plugin() {
+  local out="$TOOLS/intel-npu-plugin-$INTEL_NPU_VERSION"
+  [ -f "$out/.done" ] && return 0
+  log "intel npu_plugin $INTEL_NPU_VERSION from the module proxy (~2-5 min cold)"
+  local m="github.com/intel/intel-device-plugins-for-kubernetes"
+  local w="$TOOLS/.build/intel-npu-plugin"; wrapper "$w" "$m@$INTEL_NPU_VERSION"
+  local mod; mod=$(gomod_of "$m@$INTEL_NPU_VERSION")
+  # every replace line or block of the module's go.mod, as written
+  awk '/^replace \($/{r=1} r{print} r&&/^\)/{r=0;next} /^replace [^(]/{print}' "$mod" >> "$w/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/npu_plugin"\n' "$m" > "$w/tools.go"
+  mkdir -p "$out/bin"
+  (cd "$w" && go mod tidy >/dev/null 2>&1 || go mod tidy
+   go build -mod=mod -trimpath -ldflags "all=-w -s" -o "$out/bin/npu_plugin" "$m/cmd/npu_plugin")
   touch "$out/.done"
 }
 

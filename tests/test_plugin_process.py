@@ -13,6 +13,7 @@ import pytest
 from asyncinotify import Inotify, Mask
 from grpc import aio
 
+from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
@@ -90,6 +91,9 @@ async def test_allocate_returns_device_specs_and_qids(
     )
     assert second.envs["QAIC_VISIBLE_DEVICES"] == str(socs[0].qid)
     assert len(second.devices) == 1
+    # The log line follows the reply on the plugin's next loop turn: any later call is
+    # answered after it is written.
+    await kubelet.view(QAIC).stub.GetDevicePluginOptions(pb.Empty(), timeout=10)
     logged = plugin.events("allocate")
     assert logged and logged[0]["QAIC_VISIBLE_DEVICES"] == first.envs["QAIC_VISIBLE_DEVICES"]
 

@@ -305,6 +305,8 @@ async def test_app_udev_event_reflects_a_subsystem_restart_at_once(
         QAIC_DEVICE_PLUGIN_DIR=plugin_dir,
         QAIC_UTIL_PATH=str(node.root / "absent"),
         QAIC_RESYNC_SECONDS=3600,
+        # never the host's kubelet (one may run on this machine): no PodResources here
+        QAIC_POD_RESOURCES_SOCKET=node.root / "pod-resources" / "kubelet.sock",
     )
     app = App(settings)
     stop = asyncio.Event()

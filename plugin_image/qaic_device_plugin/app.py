@@ -3,41 +3,44 @@
 Every trigger (inotify on /dev/accel, a periodic rescan, a qaic-util poll, a kubelet call
 that wants fresh health) only marks the state dirty; one refresher re-reads everything and
 publishes, so bursts of events coalesce and no two scans race.
+
+Optional parts are imported only when their setting turns them on (issue 11: every node pays
+for what the process imports): prometheus_client with QAIC_METRICS_PORT, the CDI and NFD
+writers with QAIC_CDI_ENABLED / QAIC_NFD_FEATURES_DIR, pyudev with QAIC_UDEV_ENABLED.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backend import HeldSocs, QaicResource
+from .backend import QaicResource
 from .fswatch import watch_directory
+from .held_socs import HeldSocs
 from .kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
 from .kubelet.manager import PluginManager
-from .observability.http import serve_http_forever
-from .observability.metrics import Metrics
-from .qaic.cdi import CdiSpecFile
-from .qaic.discovery import discover
-from .qaic.health import Finding, Signal
+from .observability.sink import MetricsSink, metrics_for
+from .qaic.fingerprint import RescanGate
 from .qaic.inventory import Inventory, NodeState, SocState, log_health_changes
-from .qaic.model import QaicUtilEntry
-from .qaic.nfd import NfdFeatureFile
-from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
+from .qaic.model import Soc
 from .qaic.resources import resource_name
 from .qaic.statefile import StateFile, default_state_file
 from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
+from .qaic_util_poll import QaicUtilPolling
 from .settings import Settings
+from .supervise import until_stop_or_death
+
+if TYPE_CHECKING:  # imported at run time only when their setting turns them on
+    from .qaic.cdi import CdiSpecFile
+    from .qaic.nfd import NfdFeatureFile
 
 log = logging.getLogger(__name__)
 
 # PreStartContainer runs qaic-util for a fresh Status; kubelet gives the whole call 30 s.
 PRESTART_QAIC_UTIL_BUDGET_SECONDS = 10.0
-EARLY_POLL_COALESCE_SECONDS = 0.25  # an early poll (udev event, new SoC) waits for its burst
 
 
 class App:
@@ -57,7 +60,7 @@ class App:
             ue_cooldown_seconds=settings.ue_cooldown_seconds,
             clock=clock,
         )
-        self.metrics = Metrics()
+        self.metrics: MetricsSink = metrics_for(settings.metrics_port)
         self.saved = StateFile(
             settings.state_file or default_state_file(settings.device_plugin_dir),
             self.inventory,
@@ -76,22 +79,28 @@ class App:
             resync_seconds=settings.resync_seconds,  # also the net under a missing dir watch
             clock=clock,
         )
-        self.nfd = NfdFeatureFile(settings.nfd_features_dir) if settings.nfd_features_dir else None
-        self.cdi = CdiSpecFile(settings.cdi_dir) if settings.cdi_enabled else None
+        self.nfd: NfdFeatureFile | None = None
+        if settings.nfd_features_dir:
+            from .qaic.nfd import NfdFeatureFile
+
+            self.nfd = NfdFeatureFile(settings.nfd_features_dir)
+        self.cdi: CdiSpecFile | None = None
+        if settings.cdi_enabled:
+            from .qaic.cdi import CdiSpecFile
+
+            self.cdi = CdiSpecFile(settings.cdi_dir)
         self.issued = IssuedAllocations(settings.device_plugin_dir / CHECKPOINT_FILE)
         self._tasks: list[asyncio.Task[None]] = []
         self._cooldown_timer: asyncio.TimerHandle | None = None
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
-        self.qaic_util_finder = QaicUtilFinder(settings.qaic_util_path)
-        self.qaic_util_path: str | None = None  # a usable qaic-util; found by poll_qaic_util
-        self._qaic_util: list[QaicUtilEntry] | None = None
+        self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
         self._dirty = asyncio.Event()
-        self._poll_now = asyncio.Event()  # qaic-util before the next interval (udev, new SoCs)
-        self._poll_seq = self._poll_applied = 0
-        self._asked: set[str] = set()  # SoCs qaic-util was run for since they (re)appeared
         self._refreshed = asyncio.Condition()
         self._generation = 0
+        self.rescan = RescanGate(
+            settings.sysfs_root, settings.dev_root, settings.full_rescan_period, clock
+        )
 
     # -- state -------------------------------------------------------------------------------
 
@@ -115,38 +124,13 @@ class App:
             issued=self.issued,
         )
 
-    def _current_qaic_util(self) -> list[QaicUtilEntry] | None:
-        """qaic-util's answer, minus what it said before a SoC (re)appeared: a Status taken
-        while a SoC was unbound or mid-reset says nothing about it now."""
-        if self._qaic_util is None:
-            return None
-        return [e for e in self._qaic_util if e.pci_address in self._asked]
-
-    def _await_qaic_util(self, state: NodeState) -> NodeState:
-        """A SoC that (re)appeared since qaic-util last ran waits for it (an early poll): a new
-        one is not listed yet (so a Pro card is never offered as a guessed Std), one that was
-        listed stays Unhealthy until qaic-util has seen it come back."""
-        self._asked &= {s.pci_address for s in state.discovery.socs}
-        if self.qaic_util_path is None:
-            return state
-        present = {s.pci_address for s in state.discovery.socs}
-        waiting = present - self._asked
-        if not waiting:
-            return state
-        self._poll_now.set()
-        listed = self.state.by_pci() if self.state else {}
-        socs: list[SocState] = []
-        for s in state.socs:
-            pci = s.soc.pci_address
-            if pci not in waiting:
-                socs.append(s)
-            elif pci in listed:
-                pending = Finding(Signal.QAIC_UTIL, "re-appeared; awaiting a qaic-util Status")
-                socs.append(replace(s, findings=(*s.findings, pending)))
-        return replace(state, socs=tuple(socs))
+    def _socs(self) -> list[Soc]:
+        return [s.soc for s in self.state.socs] if self.state is not None else []
 
     async def refresh(self) -> NodeState:
-        state = self._await_qaic_util(self.inventory.scan(self._current_qaic_util()))
+        before = self.rescan.scanning(self._socs())
+        state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
+        self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
         state = self.held.apply(state)
         self.saved.save()  # before kubelet sees what the file must carry over a restart
         log_health_changes(self.state, state)
@@ -182,7 +166,7 @@ class App:
         """The SoCs as of now (PreStartContainer): a refresh that started after the call,
         with `qaic_util` after a fresh qaic-util Status (bounded well under kubelet's 30 s)."""
         if qaic_util:
-            await self.poll_qaic_util(
+            await self.qaic_util.poll(
                 min(self.settings.qaic_util_timeout_seconds, PRESTART_QAIC_UTIL_BUDGET_SECONDS)
             )
         async with self._refreshed:
@@ -191,42 +175,6 @@ class App:
             await self._refreshed.wait_for(lambda: self._generation >= target)
         assert self.state is not None
         return self.state.by_pci()
-
-    async def poll_qaic_util(self, timeout: float | None = None) -> None:
-        """Run qaic-util for fresh Status and SKUs; while there is no usable one, look for it
-        again (the finder says once what its absence costs, not every poll)."""
-        timeout = timeout or self.settings.qaic_util_timeout_seconds
-        self._poll_seq += 1
-        seq = self._poll_seq
-        asked = {s.pci_address for s in discover(self.settings.sysfs_root).socs}
-        entries: list[QaicUtilEntry] | None = None
-        error: str | None = None
-        if self.qaic_util_path is not None:
-            try:
-                entries = await query_qaic_util(self.qaic_util_path, timeout)
-            except QaicUtilUnusable as e:
-                log.warning(
-                    "qaic-util cannot run any more",
-                    extra={"event": "qaic_util_failed", "error": f"{self.qaic_util_path}: {e}"},
-                )
-                self.qaic_util_path = None  # look again below: another candidate may work
-            except QaicUtilError as e:
-                error = str(e)
-        if self.qaic_util_path is None:
-            probe = await self.qaic_util_finder.find(timeout)
-            if probe.path is None:
-                self._qaic_util = None
-                return
-            self.qaic_util_path, entries, error = probe.path, probe.entries, probe.error
-        if error is not None:
-            # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
-            entries = None
-            self.metrics.signal_unreadable(Signal.QAIC_UTIL)
-            log.warning("qaic-util failed", extra={"event": "qaic_util_failed", "error": error})
-        self._asked |= asked
-        if seq > self._poll_applied:  # runs overlap (PreStart): the newest started one wins
-            self._poll_applied = seq
-            self._qaic_util = entries
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -241,11 +189,16 @@ class App:
             self._dirty.set()
 
     async def _resync(self) -> None:
+        """The safety net under inotify and udev: every QAIC_RESYNC_SECONDS a fingerprint of
+        what a scan reads (a few dozen syscalls); the full scan only when it changed, or
+        after QAIC_FULL_RESCAN_SECONDS (qaic/fingerprint.py says what it cannot see)."""
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
             if self.held.any_held:  # kubelet has no event for a pod releasing it
                 await self.held.poll()
-            self._dirty.set()
+                self._dirty.set()
+            elif self.rescan.due(self._socs()):
+                self._dirty.set()
 
     def _wake_at_cooldown_end(self) -> None:
         """A SoC in RAS cool-down recovers when it ends, not at the next periodic resync."""
@@ -257,20 +210,10 @@ class App:
             delay = max(0.0, expiry - self.clock()) + 0.001
             self._cooldown_timer = asyncio.get_running_loop().call_later(delay, self._dirty.set)
 
-    async def _qaic_util_poller(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), self.settings.health_poll_seconds)
-            if self._poll_now.is_set():
-                await asyncio.sleep(EARLY_POLL_COALESCE_SECONDS)
-            self._poll_now.clear()
-            await self.poll_qaic_util()
-            self._dirty.set()
-
     def _on_udev(self, event: UdevEvent | None) -> None:
         self._dirty.set()
         if event is None or event.subsystem == "accel":
-            self._poll_now.set()  # a reset or sub-system restart: Status may have changed
+            self.qaic_util.now.set()  # a reset or sub-system restart: Status may have changed
 
     def _open_udev(self) -> UdevWatch | None:
         s = self.settings
@@ -299,7 +242,7 @@ class App:
             "refresher": self._refresher(),
             "dev-watch": self._watch_dev(),
             "resync": self._resync(),
-            "qaic-util-poll": self._qaic_util_poller(),
+            "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
         }
         udev = self._open_udev()
         if udev is not None:
@@ -346,6 +289,10 @@ class App:
         manager_died = asyncio.create_task(self.manager.died(), name="plugin-manager")
         try:
             if s.metrics_port:  # optional: a port we cannot bind is retried, never fatal
+                from .observability.http import serve_http_forever
+                from .observability.metrics import Metrics
+
+                assert isinstance(self.metrics, Metrics)  # metrics_for(port) made one
                 http = serve_http_forever(
                     s.metrics_address,
                     s.metrics_port,
@@ -358,25 +305,10 @@ class App:
             self._tasks = tasks
             self.saved.restore()
             await self.held.poll()  # before the first snapshot offers a held SoC as free
-            await self.poll_qaic_util()
+            await self.qaic_util.poll()
             await self.refresh()
             tasks += [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait(
-                [stopper, manager_died, *tasks], return_when=asyncio.FIRST_COMPLETED
-            )
-            stopper.cancel()
-            failed = [
-                manager_died.result() if t is manager_died else t for t in done if t is not stopper
-            ]
-            for t in failed:
-                exc = None if t.cancelled() else t.exception()
-                log.error(
-                    "internal loop died; exiting",
-                    exc_info=exc,
-                    extra={"event": "loop_died", "loop": t.get_name()},
-                )
-            return 1 if failed else 0
+            return await until_stop_or_death(stop, manager_died, tasks)
         finally:
             manager_died.cancel()
             if self._cooldown_timer is not None:

@@ -1,5 +1,5 @@
-"""One qaic resource as a kubelet Backend: device IDs, Allocate, preferred allocation, pre-start;
-and what running pods hold (kubelet's PodResources API) in the qaic policy's terms.
+"""One qaic resource as a kubelet Backend: device IDs, Allocate, preferred allocation, pre-start
+(what running pods hold, in the qaic policy's terms, is held_socs.py).
 
 This is the only module that knows both sides: it turns SoC state into generic devices and
 DeviceSpecs. Device IDs are PCI addresses (stable across restarts and reboots, <= 63 chars);
@@ -8,18 +8,13 @@ with shares, `<pci>::<n>` replicas.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
 from .kubelet.checkpoint import IssuedAllocations
 from .kubelet.feed import Feed
-from .kubelet.podresources import (
-    DEFAULT_TIMEOUT_SECONDS,
-    PodResourcesUnavailable,
-    list_devices,
-)
 from .kubelet.types import (
     ContainerAllocation,
     Device,
@@ -29,9 +24,8 @@ from .kubelet.types import (
     RefusalKind,
 )
 from .qaic.cdi import cdi_device_name
-from .qaic.held import Holding, advertised_as, held_elsewhere, mark_held
-from .qaic.inventory import NodeState, SocState
-from .qaic.resources import device_ids, is_ours, soc_of
+from .qaic.inventory import SocState
+from .qaic.resources import device_ids, soc_of
 from .qaic.topology import Placement, cards_spanned, preferred_allocation, spread_replicas
 
 log = logging.getLogger(__name__)
@@ -136,6 +130,10 @@ class QaicResource:
         return [chosen[p] for p in sorted(chosen)]
 
     async def allocate(self, requests: Sequence[Sequence[str]]) -> list[ContainerAllocation]:
+        """The replies; the `allocate` log line and the metrics follow on the next loop turn,
+        so they never delay kubelet (they were a third of the call: issue 11). They are
+        still written before this process answers any later call (the loop runs them first)."""
+        later = asyncio.get_running_loop().call_soon
         resolved = [self._resolve(ids, self._socs) for ids in requests]
         out: list[ContainerAllocation] = []
         for ids, socs in zip(requests, resolved, strict=True):
@@ -157,16 +155,7 @@ class QaicResource:
                 self._unproven_card(socs)
             paths = [f"/dev/{s.soc.dev_relpath}" for s in socs]
             qids = ",".join(str(q) for q in sorted(s.soc.qid for s in socs))
-            log.info(
-                "allocated",
-                extra={
-                    "event": "allocate",
-                    "resource": self._name,
-                    "devices": list(ids),
-                    "dev_paths": paths,
-                    VISIBLE_DEVICES_ENV: qids,
-                },
-            )
+            later(self._log_allocated, list(ids), paths, qids)
             alloc = ContainerAllocation(
                 devices=[DeviceSpec(p, p, "rw") for p in paths],
                 envs={VISIBLE_DEVICES_ENV: qids},
@@ -177,8 +166,20 @@ class QaicResource:
             out.append(alloc)
         if self._on_allocate is not None:
             for socs in resolved:
-                self._on_allocate(self._name, len(socs))
+                later(self._on_allocate, self._name, len(socs))
         return out
+
+    def _log_allocated(self, ids: list[str], paths: list[str], qids: str) -> None:
+        log.info(
+            "allocated",
+            extra={
+                "event": "allocate",
+                "resource": self._name,
+                "devices": ids,
+                "dev_paths": paths,
+                VISIBLE_DEVICES_ENV: qids,
+            },
+        )
 
     def _unproven_card(self, socs: Sequence[SocState]) -> None:
         """A multi-SoC set on one card that only PCIe topology vouches for: it may as well be
@@ -256,96 +257,3 @@ class QaicResource:
                     f"{', '.join(given)}, the SoC is now {', '.join(now)}; delete and recreate "
                     "the pod to get its current device node",
                 )
-
-
-class HeldSocs:
-    """SoCs that running pods hold under a resource name or device ID we no longer advertise
-    (SKU mode, shares or an override changed), learned from kubelet's PodResources API.
-
-    Asked at start, then on each resync only while some SoC is held (kubelet has no event for
-    a pod ending). Unavailable (no socket, an error) counts as nothing held, said once.
-    """
-
-    def __init__(
-        self,
-        socket: Path,
-        *,
-        sku_mode: bool,
-        shares: int,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
-        on_held: Callable[[int], None] | None = None,
-    ) -> None:
-        self._socket = socket
-        self._sku_mode = sku_mode
-        self._shares = shares
-        self._timeout = timeout
-        self._on_held = on_held
-        self._holdings: tuple[Holding, ...] = ()
-        self._held: dict[str, Holding] = {}
-        self._unavailable = False
-
-    @property
-    def any_held(self) -> bool:
-        return bool(self._held)
-
-    async def poll(self) -> None:
-        try:
-            listed = await list_devices(self._socket, self._timeout)
-        except PodResourcesUnavailable as e:
-            if not self._unavailable:
-                log.warning(
-                    "kubelet PodResources API unavailable; assuming no SoC is held under "
-                    "another resource name or device ID",
-                    extra={"event": "pod_resources_unavailable", "error": str(e)},
-                )
-            self._unavailable = True
-            self._holdings = ()
-            return
-        self._unavailable = False
-        self._holdings = tuple(
-            Holding(c.namespace, c.pod, c.container, c.resource_name, did)
-            for c in listed
-            if is_ours(c.resource_name)
-            for did in c.device_ids
-        )
-
-    def apply(self, state: NodeState) -> NodeState:
-        """`state` with every SoC held elsewhere Unhealthy; logs each start and end of one."""
-        held = held_elsewhere(
-            state.socs, self._holdings, sku_mode=self._sku_mode, shares=self._shares
-        )
-        by_pci = state.by_pci()
-        for pci, h in held.items():
-            if self._held.get(pci) != h:
-                name, ids = advertised_as(by_pci[pci], sku_mode=self._sku_mode, shares=self._shares)
-                log.warning(
-                    "SoC held by a running pod under a resource name or device ID no longer "
-                    "advertised; Unhealthy until that pod releases it",
-                    extra={
-                        "event": "soc_held_elsewhere",
-                        "pci": pci,
-                        "reason": h.describe(),
-                        "namespace": h.namespace,
-                        "pod": h.pod,
-                        "container": h.container,
-                        "resource": h.resource_name,
-                        "device_id": h.device_id,
-                        "advertised_as": name,
-                        "advertised_ids": ids,
-                    },
-                )
-        for pci in self._held.keys() - held.keys():
-            old = self._held[pci]
-            log.info(
-                "SoC released by the pod that held it under a former name or ID",
-                extra={
-                    "event": "soc_released",
-                    "pci": pci,
-                    "namespace": old.namespace,
-                    "pod": old.pod,
-                },
-            )
-        self._held = held
-        if self._on_held is not None:
-            self._on_held(len(held))
-        return mark_held(state, held)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic_settings
-import yaml
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -106,6 +105,15 @@ class Settings(BaseSettings):
         "a number of seconds > 0",
         gt=0,
     )
+    full_rescan_seconds: float | None = _setting(
+        "QAIC_FULL_RESCAN_SECONDS",
+        None,
+        "a full sysfs scan at least this often even when the cheap fingerprint taken every"
+        " QAIC_RESYNC_SECONDS is unchanged (it cannot see every attribute; udev events and"
+        " inotify trigger full scans at once); unset: 12 x QAIC_RESYNC_SECONDS",
+        "a number of seconds > 0",
+        gt=0,
+    )
     health_poll_seconds: float = _setting(
         "QAIC_HEALTH_POLL_SECONDS",
         30.0,
@@ -113,6 +121,15 @@ class Settings(BaseSettings):
         " was found, how often it is looked for again); qaic-util is its only source, so"
         " without it health comes from sysfs via inotify/udev and the QAIC_RESYNC_SECONDS"
         " rescan",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    health_poll_idle_seconds: float | None = _setting(
+        "QAIC_HEALTH_POLL_IDLE_SECONDS",
+        None,
+        "how often qaic-util runs while its last answer had every SoC Ready (a reset, a"
+        " udev event or a SoC appearing runs it at once, and QAIC_HEALTH_POLL_SECONDS applies"
+        " again until all are Ready); unset: 4 x QAIC_HEALTH_POLL_SECONDS",
         "a number of seconds > 0",
         gt=0,
     )
@@ -258,6 +275,14 @@ class Settings(BaseSettings):
             ipaddress.ip_address(v)  # ValueError names the value
         return v
 
+    @property
+    def full_rescan_period(self) -> float:
+        return self.full_rescan_seconds or 12 * self.resync_seconds
+
+    @property
+    def health_poll_idle_period(self) -> float:
+        return self.health_poll_idle_seconds or 4 * self.health_poll_seconds
+
 
 class SettingsError(Exception):
     """One line per bad setting, ready to print."""
@@ -354,6 +379,11 @@ def load(argv: Sequence[str] | None = None) -> Settings:
             "accepted: the path of a readable YAML file"
         )
     by_env = {_env_name(n, Settings.model_fields[n]): v for n, v in args.items()}
+    file_errors: tuple[type[Exception], ...] = (OSError, ValueError, TypeError, AttributeError)
+    if path is not None:  # PyYAML only when there is a file to read (issue 11: imports cost)
+        import yaml
+
+        file_errors += (yaml.YAMLError,)
     try:
         return _reading(path)(**by_env)
     except ValidationError as e:
@@ -367,7 +397,7 @@ def load(argv: Sequence[str] | None = None) -> Settings:
             f"invalid setting {env}={raw!r}: not valid JSON; accepted: "
             + (_accepted(info) if info else "JSON")
         ) from None
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+    except file_errors as e:
         reason = " ".join(str(e).split())  # YAML errors span lines; keep one
         raise SettingsError(
             f"invalid setting {CONFIG_FILE_ENV}={config_file!r}: {reason}; "

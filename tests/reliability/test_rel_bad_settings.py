@@ -65,8 +65,8 @@ def bad_values(info: FieldInfo) -> list[str]:
         out += [str(b["gt"])] if "gt" in b else []
         out += [str(b["le"] + 1)] if "le" in b else []
         return out
-    if ann is float:
-        out = ["x", "nan", "-inf", ""]
+    if ann is float or ann == float | None:  # unset (None) is the derived default
+        out = ["x", "nan", "-inf"] + ([""] if ann is float else [])
         out += [str(b["gt"])] if "gt" in b else []
         out += [str(b["ge"] - 1)] if "ge" in b else []
         return out

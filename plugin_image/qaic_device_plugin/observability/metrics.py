@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from .. import __version__
-from ..kubelet.manager import ManagerObserver
 from ..qaic.health import Signal
 from ..qaic.inventory import NodeState, SocState
+from .sink import MetricsSink
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -32,7 +32,7 @@ def _code(error: str) -> str:
     return head if _GRPC_CODE.match(head) else "OTHER"
 
 
-class Metrics(ManagerObserver):
+class Metrics(MetricsSink):
     """Everything the plugin counts; fed by the app, the manager and the backends."""
 
     def __init__(self, version: str = __version__) -> None:

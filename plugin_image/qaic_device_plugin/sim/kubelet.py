@@ -58,6 +58,7 @@ class ResourceView:
     numa: dict[str, tuple[int, ...]] = field(default_factory=dict)
     snapshots: int = 0
     last_snapshot_at: float = 0.0
+    last_change_at: float = 0.0  # a snapshot, or the stream's end (all devices unhealthy)
     stream_task: asyncio.Task[None] | None = None
     connected: bool = False
 
@@ -228,7 +229,7 @@ class KubeletSim:
                 view.health = {d.ID: d.health for d in resp.devices}
                 view.numa = {d.ID: tuple(n.ID for n in d.topology.nodes) for d in resp.devices}
                 view.snapshots += 1
-                view.last_snapshot_at = time.monotonic()
+                view.last_snapshot_at = view.last_change_at = time.monotonic()
                 await self._notify()
         except aio.AioRpcError:
             pass
@@ -236,6 +237,7 @@ class KubeletSim:
         if self.resources.get(view.resource) is view:
             view.connected = False
             view.health = dict.fromkeys(view.health, "Unhealthy")
+            view.last_change_at = time.monotonic()
             await self._notify()
 
     async def _disconnect(self, view: ResourceView, mark_unhealthy: bool = True) -> None:
