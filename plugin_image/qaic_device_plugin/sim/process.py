@@ -4,6 +4,7 @@ Shared by the tests, the demo and the benchmarks so all of them exercise the pro
 as deployed: environment variables in, JSON log lines out, signals to stop it.
 """
 
+
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from asyncinotify import Inotify, Mask
 
 from .node import FakeNode
 
@@ -114,6 +117,18 @@ class PluginProcess:
             if isinstance(rec, dict) and (name is None or rec.get("event") == name):
                 out.append(rec)
         return out
+
+    async def wait_events(
+        self, name: str, count: int, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        """Until the log holds `count` lines of event `name`: awaits the log's writes (the
+        plugin may log an event a moment after the peer it talks to has seen its effect)."""
+        with Inotify() as inotify:
+            inotify.add_watch(self.log_path, Mask.MODIFY)
+            async with asyncio.timeout(timeout):
+                while len(found := self.events(name)) < count:
+                    await inotify.get()
+        return found
 
     async def __aenter__(self) -> PluginProcess:
         await self.start()
