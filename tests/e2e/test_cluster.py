@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cluster import host
-from cluster.cluster import NODE_NAME, Cluster, missing_prerequisites
+from cluster.cluster import NODE_NAME, Cluster
 from cluster.inspect import (
     NodeWait,
     PodWatch,
@@ -29,6 +29,7 @@ from cluster.inspect import (
     qaic_resources,
 )
 from cluster.stack import Stack, cluster_for_tests
+from cluster.tools import missing_prerequisites
 
 pytestmark = pytest.mark.e2e
 
