@@ -9,7 +9,6 @@ ResourceSlices, and claims are prepared through the generic kubelet/dra machiner
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -18,6 +17,7 @@ import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.resource_v1 import Device
 
+from .aio import wait_event
 from .dra_backend import DRIVER_NAME, QaicDraDriver
 from .dra_settings import DraSettings
 from .fswatch import watch_directory
@@ -112,8 +112,7 @@ class DraApp:
         back off while the API server is unreachable, never give up."""
         delay, force = RETRY_SECONDS[0], True
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publish.wait(), self.dra.slice_resync_seconds)
+            await wait_event(self._publish, self.dra.slice_resync_seconds)
             force |= not self._publish.is_set()
             self._publish.clear()
             try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from grpc import aio
 
+from ..aio import wait_event
 from ..fswatch import Change, watch_directory
 from .registration import register
 from .server import PluginServer
@@ -215,8 +216,7 @@ class PluginManager:
                     },
                 )
                 self._observer.registration_failed(name, error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(served.kick.wait(), delay)
+                await wait_event(served.kick, delay)
                 served.kick.set()
                 delay = min(delay * 2, self._backoff[1])
                 continue

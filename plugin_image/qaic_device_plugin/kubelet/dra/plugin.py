@@ -18,6 +18,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from ...aio import wait_event
 from ...fswatch import watch_directory
 from ..api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
@@ -123,8 +124,7 @@ class DraPlugin:
         ]
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._resync)
+                await wait_event(self._wake, self._resync)
                 self._wake.clear()
                 await self.ensure()
         finally:
