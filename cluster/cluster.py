@@ -146,8 +146,10 @@ class Cluster:
                       "--controllers=*,-nodeipam"]
                      if name == "kube-controller-manager" else [])
             binary = getattr(self.bins, name.replace("-", "_"))
+            # --v=2: the scheduler then logs why it could not place a pod (for failed tests)
             self._spawn(name, [str(binary), f"--kubeconfig={cfg}", "--leader-elect=false",
-                               "--bind-address=127.0.0.1", "--profiling=false", *extra])
+                               "--bind-address=127.0.0.1", "--profiling=false", "--v=2",
+                               *extra])
 
     def _apiserver_ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))

@@ -140,6 +140,28 @@ def running(cluster: Cluster, name: str) -> bool:
     return bool(pod["status"].get("phase") == "Running")
 
 
+def await_running(cluster: Cluster, name: str) -> None:
+    """Until the pod runs; a timeout says what the scheduler and kubelet said of it."""
+    try:
+        cluster.wait_for(f"pod {name} to run", lambda: running(cluster, name))
+    except TimeoutError as exc:
+        told = cluster.kubectl("describe", "pod", "-n", NS, name, check=False).stdout
+        claims = cluster.kubectl("get", "resourceclaims", "-n", NS, "-o", "wide",
+                                 check=False).stdout
+        raise AssertionError(f"{exc}\n{told[-3000:]}\n{claims}") from None
+
+
+def create_claim_then_pod(cluster: Cluster, claim_obj: dict[str, Any], pod: dict[str, Any],
+                          ) -> None:
+    """The claim first and seen by the API, then its pod: the scheduler never meets a pod
+    whose claim it cannot find yet."""
+    apply(cluster, claim_obj)
+    name = claim_obj["metadata"]["name"]
+    cluster.wait_for(f"claim {name}", lambda: cluster.kubectl(
+        "get", "resourceclaim", "-n", NS, name, check=False).returncode == 0)
+    apply(cluster, pod)
+
+
 # ----- after `pulumi up` ------------------------------------------------------------------
 
 
@@ -179,8 +201,9 @@ def test_samples_get_exactly_their_claimed_socs(cluster: Cluster, stack: Stack) 
 def test_a_claim_no_card_can_satisfy_stays_pending_with_the_reason(
     cluster: Cluster, stack: Stack,
 ) -> None:
-    apply(cluster, claim("five-on-one-card", [("socs", f"ultra.{DRIVER}", 5)], same_card=True),
-          claim_pod("five-on-one-card", "five-on-one-card"))
+    create_claim_then_pod(
+        cluster, claim("five-on-one-card", [("socs", f"ultra.{DRIVER}", 5)], same_card=True),
+        claim_pod("five-on-one-card", "five-on-one-card"))
     def reason() -> str:
         events = cluster.get("events", "-n", NS, "--field-selector",
                              "involvedObject.name=five-on-one-card,reason=FailedScheduling")
@@ -193,9 +216,10 @@ def test_a_claim_no_card_can_satisfy_stays_pending_with_the_reason(
 
 
 def test_a_claim_for_two_skus_sees_all_of_its_socs(cluster: Cluster, stack: Stack) -> None:
-    apply(cluster, claim("two-skus", [("pro", f"pro.{DRIVER}", 1), ("std", f"std.{DRIVER}", 1)]),
-          claim_pod("two-skus", "two-skus"))
-    cluster.wait_for("the two-SKU pod to run", lambda: running(cluster, "two-skus"))
+    create_claim_then_pod(
+        cluster, claim("two-skus", [("pro", f"pro.{DRIVER}", 1), ("std", f"std.{DRIVER}", 1)]),
+        claim_pod("two-skus", "two-skus"))
+    await_running(cluster, "two-skus")
     socs = check_view(cluster, cluster.get("pod", "-n", NS, "two-skus"))
     assert sorted(s.sku.value for s in socs) == ["pro", "std"]
 
