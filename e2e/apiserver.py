@@ -2,7 +2,7 @@
 
 Reusable by any harness: `with ApiServer.start(tmp) as api: ...` gives a kubeconfig file
 (`api.kubeconfig`, admin token, TLS verification off: the serving cert is self-signed) and
-stops both processes by PID on exit. Binaries come from `$QAIC_K8S_TOOLS` (default
+stops both processes by PID on exit. Binaries come from the tool cache (`$QAIC_TOOLS_DIR`, default
 /var/cache/qaic-k8s/tools): `kubernetes-v*/bin/kube-apiserver` and `etcd-v*/bin/etcd`;
 `find_binaries()` returns None when they are not there, so callers can skip.
 
@@ -25,7 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TOOLS = Path(os.environ.get("QAIC_K8S_TOOLS", "/var/cache/qaic-k8s/tools"))
+from cluster.tools import TOOLS
+from cluster.tools import find_binaries as find_cluster_binaries
+
 ADMIN_TOKEN = "qaic-e2e-admin-token"
 
 
@@ -36,14 +38,9 @@ class Binaries:
 
 
 def find_binaries(tools: Path = TOOLS) -> Binaries | None:
-    def one(pattern: str, name: str) -> Path | None:
-        for d in sorted(tools.glob(pattern), reverse=True):
-            if (d / ".done").exists() and (d / "bin" / name).exists():
-                return d / "bin" / name
-        return None
-
-    api, etcd = one("kubernetes-v*", "kube-apiserver"), one("etcd-v*", "etcd")
-    return Binaries(api, etcd) if api and etcd else None
+    """The cached kube-apiserver and etcd at the versions e2e/tools.sh builds."""
+    found = find_cluster_binaries(tools)
+    return Binaries(found.kube_apiserver, found.etcd) if found else None
 
 
 def free_port() -> int:

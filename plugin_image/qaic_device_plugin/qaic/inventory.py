@@ -199,16 +199,7 @@ class Inventory:
         for pci, decision in learned.items():
             if pci not in self._skus:
                 self._skus[pci] = decision
-                log.info(
-                    "SKU decided",
-                    extra={
-                        "event": "sku",
-                        "pci": pci,
-                        "sku": decision.sku.value,
-                        "source": decision.source.value,
-                        "restored": True,
-                    },
-                )
+                _log_sku(pci, decision, restored=True)
 
     def _decide_skus(self, socs: Sequence[Soc], qaic_util: Sequence[QaicUtilEntry] | None) -> None:
         """Decide SKUs, but never let a guess replace a fact: a SoC that qaic-util or the
@@ -223,15 +214,7 @@ class Inventory:
             ):
                 continue
             if old is None or old != decision:
-                log.info(
-                    "SKU decided",
-                    extra={
-                        "event": "sku",
-                        "pci": pci,
-                        "sku": decision.sku.value,
-                        "source": decision.source.value,
-                    },
-                )
+                _log_sku(pci, decision)
             self._skus[pci] = decision
 
 
@@ -252,3 +235,12 @@ def log_health_changes(previous: NodeState | None, state: NodeState) -> None:
                     "reasons": [f"{f.signal}: {f.detail}" for f in s.findings],
                 },
             )
+
+
+def _log_sku(pci: str, decision: SkuDecision, *, restored: bool = False) -> None:
+    extra: dict[str, object] = {
+        "event": "sku", "pci": pci, "sku": decision.sku.value, "source": decision.source.value,
+    }
+    if restored:
+        extra["restored"] = True
+    log.info("SKU decided", extra=extra)
