@@ -27,6 +27,8 @@ PROJECT = "qaic-k8s"
 #: The SKUs the stack's outputs and sample workloads name (the common AI 100 cards).
 SAMPLE_SKUS: tuple[str, ...] = ("std", "pro", "ultra")
 _SKUS_TEXT = ", ".join(SKU_NAMES)
+#: What SKU mode's one-SoC samples ask for when `workloadSku` is empty.
+DEFAULT_WORKLOAD_SKU = "std"
 
 
 class StackSettings(PluginSettings):
@@ -122,7 +124,7 @@ class StackSettings(PluginSettings):
         default=False, alias="workloadUltraJob", description="true or false"
     )
     workload_sku: str = Field(
-        default="std", alias="workloadSku", description=f"a SKU name: {_SKUS_TEXT}"
+        default="", alias="workloadSku", description=f"a SKU name ({_SKUS_TEXT}) or empty"
     )
     workload_image: str = Field(
         default="", alias="workloadImage", description="an AI 100 runtime image reference"
@@ -148,7 +150,7 @@ class StackSettings(PluginSettings):
     @field_validator("workload_sku")
     @classmethod
     def _check_sku(cls, value: str) -> str:
-        if value not in SKU_NAMES:
+        if value and value not in SKU_NAMES:
             raise ValueError(f"not a SKU: {value!r}")
         return value
 
@@ -210,7 +212,14 @@ class StackSettings(PluginSettings):
         """The resource the one-SoC sample workloads ask for."""
         if not self.sku_based_resources:
             return RESOURCE_PREFIX
-        return f"{RESOURCE_PREFIX}-{self.workload_sku}"
+        return f"{RESOURCE_PREFIX}-{self.workload_sku or DEFAULT_WORKLOAD_SKU}"
+
+    @property
+    def workload_sku_chosen(self) -> str | None:
+        """`workloadSku` when the stack sets it: DRA mode's one-SoC samples then claim that
+        SKU's class; empty, any SoC (SKU mode's `std` would leave them Pending on a node
+        without Standard cards, and DRA needs no SKU to name a resource)."""
+        return self.workload_sku or None
 
     @property
     def ultra_job_resource(self) -> str:

@@ -11,7 +11,8 @@ it is a Pulumi-only annotation that has no business in rendered GitOps manifests
 
 In DRA mode each sample also gets a ResourceClaimTemplate (created before it, named by its
 spec's hash too, so a changed template is a new one): the one-SoC samples claim one device
-of the all-SoCs class, the 4-SoC job four Ultra SoCs constrained to one card.
+of the all-SoCs class (of the ``workloadSku`` class when the stack sets that key), the 4-SoC
+job four Ultra SoCs constrained to one card.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class Workloads(pulumi.ComponentResource):
         ):
             return pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(depends_on=deps))
 
+        chosen = s.workload_sku_chosen
+        one_soc_class = sku_class_name(chosen) if chosen else ALL_SOCS_CLASS
         if s.workload_pod_example:
-            deps, template = claims(POD_EXAMPLE, ALL_SOCS_CLASS, 1)
+            deps, template = claims(POD_EXAMPLE, one_soc_class, 1)
             app, pod = pod_example_spec(params(s.workload_resource, template))
             pod_name = versioned(app, pod)
             self.resources.append(k8s.core.v1.Pod(
@@ -129,7 +132,7 @@ class Workloads(pulumi.ComponentResource):
             ))
             self.created.append(f"Pod/{namespace}/{pod_name}")
         if s.workload_deployment:
-            deps, template = claims(DEPLOYMENT, ALL_SOCS_CLASS, 1)
+            deps, template = claims(DEPLOYMENT, one_soc_class, 1)
             dep_name, dep = deployment_spec(params(s.workload_resource, template))
             self.resources.append(k8s.apps.v1.Deployment(
                 f"{name}-deployment",

@@ -146,9 +146,13 @@ def await_running(cluster: Cluster, name: str) -> None:
         cluster.wait_for(f"pod {name} to run", lambda: running(cluster, name))
     except TimeoutError as exc:
         told = cluster.kubectl("describe", "pod", "-n", NS, name, check=False).stdout
-        claims = cluster.kubectl("get", "resourceclaims", "-n", NS, "-o", "wide",
-                                 check=False).stdout
-        raise AssertionError(f"{exc}\n{told[-3000:]}\n{claims}") from None
+        claims = cluster.kubectl("get", "resourceclaims", "-n", NS, "-o", "custom-columns="
+                                 "NAME:.metadata.name,STATE:.status.allocation.devices.results"
+                                 "[*].device", check=False).stdout
+        slices = [(d["name"], d["attributes"].get("sku"))
+                  for s in cluster.get("resourceslices")["items"] for d in s["spec"]["devices"]]
+        raise AssertionError(f"{exc}\n{told[-3000:]}\n{claims}\nslices: {slices}\n"
+                             f"driver log:\n{driver_log(cluster)[-4000:]}") from None
 
 
 def create_claim_then_pod(cluster: Cluster, claim_obj: dict[str, Any], pod: dict[str, Any],

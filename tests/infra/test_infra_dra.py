@@ -244,6 +244,16 @@ def test_samples_claim_socs_through_their_resource_claim_templates() -> None:
             assert not [k for k in c["resources"][part] if k.startswith("qualcomm.com/")]
 
 
+def test_workload_sku_set_picks_the_one_soc_samples_class_in_dra_mode() -> None:
+    """Set, the key keeps the one-SoC samples off the SKUs a node has few of (the scheduler
+    takes the first free device of the all-SoCs class, which may be the only Pro SoC)."""
+    templates = {unversioned(k): v for k, v in
+                 objects(run_dra(workloadSku="ultra"), "ResourceClaimTemplate").items()}
+    for name in ("qaic-pod-example", "qaic-inference"):
+        [request] = templates[name]["spec"]["spec"]["devices"]["requests"]
+        assert request["exactly"]["deviceClassName"] == "ultra.qaic.qualcomm.com"
+
+
 # --- validation ------------------------------------------------------------------------------
 
 def test_every_dra_object_is_strictly_valid_for_kubernetes_1_34_and_later() -> None:
