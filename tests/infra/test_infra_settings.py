@@ -153,7 +153,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("unknown override SKU", {"skuBasedResources": True, "skuOverrides": ["0000:35:00.0=huge"]},
      r"'qaic-k8s:skuOverrides' .* sku one of std, pro, ultra, lite"),
     ("unknown sample SKU", {"workloadSku": "huge"},
-     r"'qaic-k8s:workloadSku' is 'huge', but it must be a SKU name \(std, pro, ultra, .*\) or empty"),
+     r"'qaic-k8s:workloadSku' is 'huge', but it must be a SKU name \(std, pro, .*\) or empty"),
     ("4-SoC job with shares", {"workloadUltraJob": True, "allowedDeviceShares": "2",
                                "workloadImage": "x"},
      r"'qaic-k8s:workloadUltraJob' is 'true', which needs 'qaic-k8s:allowedDeviceShares' = 1"),
