@@ -24,7 +24,7 @@ from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import DEMO_CARDS, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
 
-from .live import BenchError, FloorServer, import_grpc_floor
+from .live import RESYNC_SECONDS, BenchError, FloorServer, import_grpc_floor
 from .peer import RESOURCE as PEER_RESOURCE
 from .peer import PeerBinary, PeerProcess
 from .sbs_events import flips, restarts
@@ -124,7 +124,9 @@ async def idle(
     out: SideBySide,
 ) -> None:
     """RSS after registration, then CPU over idle windows (both in the same windows)."""
-    await asyncio.sleep(2.0)  # let the start-up scans and the first qaic-util run finish
+    # Past the start-up scans: the first qaic-util run, and the full scan at the first resync
+    # tick (no fingerprint to compare with yet: the SoCs were unknown before the first scan).
+    await asyncio.sleep(RESYNC_SECONDS + 1.0)
     for side, pid in ((out.ours, ours.pid), (out.floor, floor.proc.pid)) + (
         ((out.peer, peer.pid),) if peer is not None else ()
     ):

@@ -78,12 +78,13 @@ async def test_qaic_util_runs_slowly_only_while_every_soc_is_ready(
     polling = QaicUtilPolling(settings, lambda signal: None)
     inventory = Inventory(node.sysfs_root, node.dev_root, {})
     assert polling.period(None) == 30  # nothing known yet
-    await polling.poll()
+    assert await polling.poll()
     state = inventory.scan(polling.current())
     assert all(s.healthy for s in state.socs)
     assert polling.period(state) == 120
+    assert not await polling.poll()  # the same answer: no refresh (no full scan) is due
     node.set_status(node.socs[3].pci_address, "Initializing")
-    await polling.poll()
+    assert await polling.poll()  # a changed answer is
     state = inventory.scan(polling.current())
     assert not state.by_pci()[node.socs[3].pci_address].healthy
     assert polling.period(state) == 30  # qaic-util is what says when it is Ready again
@@ -96,7 +97,7 @@ def test_explicit_idle_poll_and_full_rescan_settings(node: FakeNode, plugin_dir:
     assert s.health_poll_idle_period == 45
     assert s.full_rescan_period == 20
     default = _settings(node, plugin_dir)
-    assert default.full_rescan_period == 12 * default.resync_seconds
+    assert default.full_rescan_period == 60 * default.resync_seconds == 300
 
 
 _PROBE = """

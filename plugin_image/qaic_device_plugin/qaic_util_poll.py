@@ -12,11 +12,11 @@ qaic-util is the only source of firmware Status and SKU, and each run costs a pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from .aio import wait_event
 from .qaic.discovery import discover
 from .qaic.health import Finding, Signal
 from .qaic.inventory import NodeState, SocState
@@ -70,9 +70,12 @@ class QaicUtilPolling:
                 socs.append(replace(s, findings=(*s.findings, pending)))
         return replace(state, socs=tuple(socs))
 
-    async def poll(self, timeout: float | None = None) -> None:
+    async def poll(self, timeout: float | None = None) -> bool:
         """Run qaic-util for fresh Status and SKUs; while there is no usable one, look for it
-        again (the finder says once what its absence costs, not every poll)."""
+        again (the finder says once what its absence costs, not every poll). True when what
+        `current()` gives or the SoCs it was asked about changed, so a refresh is due (an idle
+        node's unchanged answer every few minutes costs no full scan)."""
+        before = (self.current(), set(self._asked))
         timeout = timeout or self.settings.qaic_util_timeout_seconds
         self._seq += 1
         seq = self._seq
@@ -94,7 +97,7 @@ class QaicUtilPolling:
             probe = await self.finder.find(timeout)
             if probe.path is None:
                 self._entries = None
-                return
+                return (self.current(), self._asked) != before
             self.path, entries, error = probe.path, probe.entries, probe.error
         if error is not None:
             # Unreadable is not unhealthy: keep SKUs, drop Status evidence until it reads again.
@@ -105,6 +108,7 @@ class QaicUtilPolling:
         if seq > self._applied:  # runs overlap (PreStart): the newest started one wins
             self._applied = seq
             self._entries = entries
+        return error is not None or (self.current(), self._asked) != before
 
     def period(self, state: NodeState | None) -> float:
         """The wait before the next periodic run (module doc)."""
@@ -121,10 +125,9 @@ class QaicUtilPolling:
 
     async def loop(self, state: Callable[[], NodeState | None], dirty: asyncio.Event) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.now.wait(), self.period(state()))
+            await wait_event(self.now, self.period(state()))
             if self.now.is_set():
                 await asyncio.sleep(EARLY_POLL_COALESCE_SECONDS)
             self.now.clear()
-            await self.poll()
-            dirty.set()
+            if await self.poll():
+                dirty.set()

@@ -33,6 +33,9 @@ from .qaic.resources import resource_name
 from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
+#: Resync ticks per full sysfs scan when QAIC_FULL_RESCAN_SECONDS is unset (5 min at 5 s): each
+#: full scan of a 16-SoC node costs ~5 ms of CPU, a fingerprint tick ~0.3 ms (issue 11).
+FULL_RESCAN_TICKS = 60
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
 _BOOL = "1/0/true/false/yes/no"
 
@@ -110,7 +113,7 @@ class Settings(BaseSettings):
         None,
         "a full sysfs scan at least this often even when the cheap fingerprint taken every"
         " QAIC_RESYNC_SECONDS is unchanged (it cannot see every attribute; udev events and"
-        " inotify trigger full scans at once); unset: 12 x QAIC_RESYNC_SECONDS",
+        " inotify trigger full scans at once); unset: 60 x QAIC_RESYNC_SECONDS",
         "a number of seconds > 0",
         gt=0,
     )
@@ -277,7 +280,7 @@ class Settings(BaseSettings):
 
     @property
     def full_rescan_period(self) -> float:
-        return self.full_rescan_seconds or 12 * self.resync_seconds
+        return self.full_rescan_seconds or FULL_RESCAN_TICKS * self.resync_seconds
 
     @property
     def health_poll_idle_period(self) -> float:

@@ -19,6 +19,7 @@ An unreadable path contributes its errno: a change in readability is a change to
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -93,6 +94,18 @@ def _read(path: str) -> object:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=4)
+def _soc_paths(sys_: str, socs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, ...], ...]:
+    """Per SoC: driver link, PCI function dir, accel dir, ue_count. Joined once per SoC set
+    (path joins were 40% of a tick's Python time)."""
+    out = []
+    for pci, accel in socs:
+        fn = os.path.join(sys_, "bus", "pci", "devices", pci)
+        out.append((os.path.join(fn, "driver"), fn, os.path.join(sys_, "class", "accel", accel),
+                    os.path.join(fn, "ue_count")))
+    return tuple(out)
+
+
 def fingerprint(sysfs_root: Path, dev_root: Path, socs: Iterable[Soc]) -> Fingerprint:
     """Equal fingerprints: a full scan would read what it read last time (see module doc)."""
     sys_ = str(sysfs_root)
@@ -101,14 +114,10 @@ def fingerprint(sysfs_root: Path, dev_root: Path, socs: Iterable[Soc]) -> Finger
         _links(os.path.join(sys_, "class", "accel")),
         _nodes(os.path.join(str(dev_root), "accel")),
     ]
-    for soc in socs:
-        fn = os.path.join(sys_, "bus", "pci", "devices", soc.pci_address)
-        parts += [
-            _readlink(os.path.join(fn, "driver")),
-            _stat(fn),
-            _stat(os.path.join(sys_, "class", "accel", soc.accel_name)),
-            _read(os.path.join(fn, "ue_count")),
-        ]
+    for driver, fn, accel, ue_count in _soc_paths(
+        sys_, tuple((s.pci_address, s.accel_name) for s in socs)
+    ):
+        parts += [_readlink(driver), _stat(fn), _stat(accel), _read(ue_count)]
     return tuple(parts)
 
 
