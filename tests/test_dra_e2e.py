@@ -23,8 +23,9 @@ from lightkube.types import PatchType
 from e2e.apiserver import ApiServer, find_binaries
 from qaic_device_plugin.dra_backend import DRIVER_NAME, device_name
 from qaic_device_plugin.kubelet.dra.types import ClaimRef
+from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
-from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.node import CardSpec, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
 pytestmark = [
@@ -191,3 +192,24 @@ async def test_slices_claim_prepare_and_health(
     assert un.claims[uid].error == ""
     assert not spec_path.exists()
     assert proc.returncode is None
+
+
+async def test_a_hot_added_card_is_published_only_with_the_sku_qaic_util_names(
+    running: tuple[PluginProcess, DraKubeletSim], client: AsyncClient, node: FakeNode
+) -> None:
+    """The Pro SoC that appears is not first published as the Standard that PCIe topology
+    alone would guess (a claim for std.* could take it): it waits for qaic-util's answer."""
+    await wait_devices(client, lambda d: len(d) == len(node.socs))
+    seen: list[str] = []
+
+    def published_pro(devices: dict[str, Any]) -> bool:
+        d = devices.get(name)
+        if d is not None:
+            seen.append(d["attributes"]["sku"]["string"])
+        return d is not None and not d.get("taints")
+
+    [pro] = node.add_card(CardSpec(Sku.PRO))
+    name = device_name(pro.pci_address)
+    devices = await wait_devices(client, published_pro)
+    assert devices[name]["attributes"]["sku"] == {"string": "pro"}
+    assert set(seen) == {"pro"}, seen

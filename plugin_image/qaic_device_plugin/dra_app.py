@@ -1,15 +1,18 @@
 """DRA mode (QAIC_ALLOCATION_API=dra): one event loop that keeps discovery, the node's
 ResourceSlices and the kubelet DRA plugin in step.
 
-Discovery and health are the device-plugin mode's (Inventory, qaic-util Status, inotify on
-/dev/accel, periodic rescan); instead of ListAndWatch, every change is published as
-ResourceSlices, and claims are prepared through the generic kubelet/dra machinery.
+Discovery and health are the device-plugin mode's, with the same footprint (issue 11): the
+Inventory, qaic-util runs paced by QaicUtilPolling (a SoC that appears is published only once
+qaic-util has named its SKU), inotify on /dev/accel, and the fingerprinted safety rescan
+(RescanGate). Instead of ListAndWatch, every change is published as ResourceSlices, and claims
+are prepared through the generic kubelet/dra machinery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -26,9 +29,10 @@ from .kubelet.dra.claims import ApiClaimSource
 from .kubelet.dra.node import NodeService
 from .kubelet.dra.plugin import DraPlugin
 from .kubelet.dra.slices import SlicePublisher
+from .qaic.fingerprint import RescanGate
 from .qaic.inventory import Inventory, NodeState, log_health_changes
-from .qaic.model import QaicUtilEntry
-from .qaic.qaic_util import QaicUtilFinder
+from .qaic.model import Soc
+from .qaic_util_poll import QaicUtilPolling
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,29 +64,26 @@ class DraApp:
         self.plugin = DraPlugin(
             DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir
         )
-        self.qaic_util_finder = QaicUtilFinder(settings.qaic_util_path)
-        self._qaic_util: list[QaicUtilEntry] | None = None
+        self.qaic_util = QaicUtilPolling(settings, lambda signal: None)  # no metrics here
+        self.rescan = RescanGate(
+            settings.sysfs_root, settings.dev_root, settings.full_rescan_period, time.monotonic
+        )
         self._devices: list[Device] = []
         self._dirty = asyncio.Event()
         self._publish = asyncio.Event()
         self.state: NodeState | None = None
 
+    def _socs(self) -> list[Soc]:
+        return [s.soc for s in self.state.socs] if self.state is not None else []
+
     def refresh(self) -> None:
-        state = self.inventory.scan(self._qaic_util)
+        before = self.rescan.scanning(self._socs())
+        state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
+        self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
         log_health_changes(self.state, state)
         self.state = state
         self._devices = self.driver.update(state.socs)
         self._publish.set()
-
-    async def poll_qaic_util(self) -> None:
-        """One qaic-util run, looked for again each poll (the SDK may be mounted later); the
-        finder says once what its absence costs. Unreadable is not unhealthy."""
-        probe = await self.qaic_util_finder.find(self.settings.qaic_util_timeout_seconds)
-        self._qaic_util = probe.entries
-        if probe.path is not None and probe.error is not None:
-            log.warning(
-                "qaic-util failed", extra={"event": "qaic_util_failed", "error": probe.error}
-            )
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -97,15 +98,12 @@ class DraApp:
             self._dirty.set()
 
     async def _resync(self) -> None:
+        """The safety net under inotify: a fingerprint every QAIC_RESYNC_SECONDS, the full
+        scan only when it changed or QAIC_FULL_RESCAN_SECONDS passed."""
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self._dirty.set()
-
-    async def _qaic_util_poller(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.health_poll_seconds)
-            await self.poll_qaic_util()
-            self._dirty.set()
+            if self.rescan.due(self._socs()):
+                self._dirty.set()
 
     async def _publisher(self) -> None:
         """Publish on every change; re-list now and then (someone may have edited our slices);
@@ -132,7 +130,7 @@ class DraApp:
             "refresher": self._refresher(),
             "dev-watch": self._watch_dev(),
             "resync": self._resync(),
-            "qaic-util-poll": self._qaic_util_poller(),
+            "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
             "slice-publisher": self._publisher(),
             "dra-sockets": self.plugin.run(),
         }
@@ -152,7 +150,7 @@ class DraApp:
         )
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self.poll_qaic_util()
+            await self.qaic_util.poll()
             self.refresh()
             await self.plugin.start()
             tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
