@@ -103,7 +103,7 @@ def test_explicit_idle_poll_and_full_rescan_settings(node: FakeNode, plugin_dir:
 _PROBE = """
 import asyncio, json, sys
 from qaic_device_plugin.app import App
-from qaic_device_plugin.settings import load
+from qaic_device_plugin.settings_load import load
 
 async def main():
     App(load([]))

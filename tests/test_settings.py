@@ -9,7 +9,8 @@ import pytest
 
 from qaic_device_plugin.backend import MultiSocPolicy
 from qaic_device_plugin.qaic.model import Sku
-from qaic_device_plugin.settings import Settings, SettingsError, build_parser, load
+from qaic_device_plugin.settings import Settings, SettingsError
+from qaic_device_plugin.settings_load import build_parser, load
 from qaic_device_plugin.sim.process import plugin_command
 
 

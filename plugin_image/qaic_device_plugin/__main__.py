@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from . import logs
 from .app import App
-from .settings import Settings, SettingsError, load
+from .settings import Settings, SettingsError
+from .settings_load import load
 
 
 async def _serve(settings: Settings) -> int:

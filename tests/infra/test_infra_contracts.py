@@ -12,7 +12,8 @@ from infra_harness import manifest, run_components
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.config import ConfigError, load_settings
 from qaic_device_plugin.contracts import SKU_NAMES
-from qaic_device_plugin.settings import SettingsError, load
+from qaic_device_plugin.settings import SettingsError
+from qaic_device_plugin.settings_load import load
 
 OVERRIDES = [
     "0000:35:00.0=ultra",
