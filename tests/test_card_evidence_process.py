@@ -8,13 +8,13 @@ In sysfs that is four SoCs behind one switch, exactly what an Ultra card looks l
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
+from http_probe import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from qaic_device_plugin.qaic.model import Sku
@@ -66,12 +66,6 @@ async def runs_reach(calls: Path, n: int, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise TimeoutError(f"qaic-util did not run {n} times within {timeout} s")
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def cross_card_total(port: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_probe import free_port, http_get, samples, wait_http
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
@@ -57,13 +58,10 @@ def dirs() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-async def running(
-    api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path
-) -> AsyncIterator[tuple[PluginProcess, DraKubeletSim]]:
-    await client.apply(Node(metadata=ObjectMeta(name=NODE)), field_manager="test")
-    env = {
-        **node_env(node, dirs / "dp"),
+def dra_env(api: ApiServer, node: FakeNode, dirs: Path, metrics_port: int = 0) -> dict[str, str]:
+    return {
+        **node_env(node, dirs / "dp", metrics_port=metrics_port),
+        "QAIC_METRICS_ADDRESS": "127.0.0.1",
         "QAIC_ALLOCATION_API": "dra",
         "NODE_NAME": NODE,
         "QAIC_DRA_PLUGINS_DIR": str(dirs / "plugins"),
@@ -72,9 +70,16 @@ async def running(
         "QAIC_CDI_DIR": str(dirs / "cdi"),
         "QAIC_UDEV_ENABLED": "false",
     }
+
+
+@pytest.fixture
+async def running(
+    api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path
+) -> AsyncIterator[tuple[PluginProcess, DraKubeletSim]]:
+    await client.apply(Node(metadata=ObjectMeta(name=NODE)), field_manager="test")
     async with (
         DraKubeletSim(dirs / "registry") as kubelet,
-        PluginProcess(env, tmp_path / "plugin.log") as proc,
+        PluginProcess(dra_env(api, node, dirs), tmp_path / "plugin.log") as proc,
     ):
         try:
             await kubelet.wait_registered(DRIVER_NAME, timeout=20)
@@ -213,3 +218,28 @@ async def test_a_hot_added_card_is_published_only_with_the_sku_qaic_util_names(
     devices = await wait_devices(client, published_pro)
     assert devices[name]["attributes"]["sku"] == {"string": "pro"}
     assert set(seen) == {"pro"}, seen
+
+
+async def test_probes_say_ready_once_registered_and_published_and_metrics_count_socs(
+    api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path
+) -> None:
+    """/healthz, /readyz and /metrics in DRA mode: alive at once; ready only once kubelet has
+    registered the driver (its slices are written by then); the SoC gauges as in
+    device-plugin mode, under the driver's name."""
+    await client.apply(Node(metadata=ObjectMeta(name=NODE)), field_manager="test")
+    port = free_port()
+    async with PluginProcess(dra_env(api, node, dirs, port), tmp_path / "plugin.log") as proc:
+        try:
+            assert await wait_http(port, "/healthz", 200) == "ok\n"
+            await wait_http(port, "/readyz", 503, contains="not registered with kubelet")
+            async with DraKubeletSim(dirs / "registry") as kubelet:
+                await kubelet.wait_registered(DRIVER_NAME, timeout=20)
+                await wait_http(port, "/readyz", 200)
+                await wait_devices(client, lambda d: len(d) == len(node.socs))
+                status, text = await http_get(port, "/metrics")
+            assert status == 200
+            socs = samples(text, "qaic_socs")
+            assert socs[(("health", "healthy"), ("resource", DRIVER_NAME))] == len(node.socs)
+            assert socs[(("health", "unhealthy"), ("resource", DRIVER_NAME))] == 0
+        finally:
+            print(proc.log_text()[-3000:])

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+from http_probe import free_port, http_get, samples
 
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
@@ -16,31 +15,6 @@ from qaic_device_plugin.sim.process import PluginProcess
 
 StartPlugin = Callable[..., Awaitable[PluginProcess]]
 ULTRA = "qualcomm.com/qaic-ultra"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 async def test_metrics_healthz_nfd_and_cdi(

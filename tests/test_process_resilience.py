@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from http_probe import free_port, http_get, wait_http
 
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
@@ -31,41 +32,6 @@ NO_WATCHES = [
     'echo 0 > /proc/sys/user/max_inotify_watches && exec "$@"',
     "sh",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def wait_http(
-    port: int, path: str, status: int, timeout: float = 10.0, contains: str = ""
-) -> str:
-    """Poll until `path` answers `status` with `contains` in the body (nothing announces a
-    listener or a state change over HTTP); returns the body."""
-    last: object = None
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                got, body = await http_get(port, path)
-                if got == status and contains in body:
-                    return body
-                last = (got, body)
-            except OSError as e:
-                last = e
-            await asyncio.sleep(0.05)
-    raise AssertionError(last)  # pragma: no cover - the timeout raises first
 
 
 def cpu_seconds(pid: int) -> float:

@@ -18,9 +18,11 @@ Privileges it keeps, and why (docs/provisioning.md and docs/dra.md repeat this):
 - a service-account token (automounted, bound to the pod): the driver writes its node's
   ResourceSlices and reads the claims it prepares. Bound to the pod, the token names the node,
   which the ResourceSlice admission policy checks.
+- the metrics port (`metricsPort`, in the pod's own network namespace): /metrics, and the
+  liveness (/healthz) and readiness (/readyz: registered with kubelet, slices written) probes.
 Not kept, unlike device-plugin mode: hostNetwork (the DRA mode listens to no uevents; inotify
 on /dev/accel and the rescan find changes), /run/udev, the device-plugins and pod-resources
-directories, NFD feature files, the metrics port and its probes (DRA mode serves no HTTP).
+directories, NFD feature files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from infra.components.plugin_pod import (
     hardened_container,
     host_path,
     node_paths,
+    with_probes,
     with_tmp,
 )
 from infra.settings import StackSettings
@@ -55,6 +58,7 @@ def dra_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
         "QAIC_HEALTH_POLL_SECONDS": str(s.health_poll_seconds),
         "QAIC_UE_COOLDOWN_SECONDS": str(s.ue_cooldown_seconds),
         "QAIC_UDEV_ENABLED": "false",  # no host network namespace, so no uevents
+        "QAIC_METRICS_PORT": str(s.metrics_port),
         "QAIC_SYSFS_ROOT": "/host/sys",
         "QAIC_DEV_ROOT": "/host/dev",
     }
@@ -93,7 +97,7 @@ def dra_pod_spec(
         "tolerations": s.toleration_list,  # type: ignore[typeddict-item]
         "host_network": False,
         "dns_policy": "ClusterFirst",
-        "containers": [hardened_container(s, image, dra_env(s), mounts)],
+        "containers": [with_probes(s, hardened_container(s, image, dra_env(s), mounts))],
         "volumes": volumes,
         "termination_grace_period_seconds": 30,
     }

@@ -184,7 +184,15 @@ def hardened_container(
 
 def container(s: StackSettings, image: pulumi.Input[str]) -> k8s.core.v1.ContainerArgsDict:
     _, mounts = volumes_and_mounts(s)
-    spec = hardened_container(s, image, plugin_env(s), mounts)
+    return with_probes(s, hardened_container(s, image, plugin_env(s), mounts))
+
+
+def with_probes(
+    s: StackSettings, spec: k8s.core.v1.ContainerArgsDict
+) -> k8s.core.v1.ContainerArgsDict:
+    """With `metricsPort` (both modes): the port, a liveness probe on /healthz (every loop
+    runs) and a readiness probe on /readyz (registered with kubelet; in DRA mode also the
+    node's ResourceSlices written)."""
     if s.metrics_port:
         spec["ports"] = [{
             "name": "metrics", "container_port": s.metrics_port, "protocol": "TCP",
@@ -196,8 +204,8 @@ def container(s: StackSettings, image: pulumi.Input[str]) -> k8s.core.v1.Contain
             "timeout_seconds": 3,
             "failure_threshold": 3,
         }
-        # Ready = registered with kubelet for every resource (the plugin's /readyz), so
-        # rollouts and `pulumi up` wait for the devices, not just for the process.
+        # Ready = registered with kubelet (the plugin's /readyz), so rollouts and `pulumi up`
+        # wait for the devices, not just for the process.
         spec["readiness_probe"] = {
             "http_get": {"path": "/readyz", "port": "metrics"},
             "period_seconds": 2,

@@ -6,6 +6,11 @@ Inventory, qaic-util runs paced by QaicUtilPolling (a SoC that appears is publis
 qaic-util has named its SKU), inotify on /dev/accel, and the fingerprinted safety rescan
 (RescanGate). Instead of ListAndWatch, every change is published as ResourceSlices, and claims
 are prepared through the generic kubelet/dra machinery.
+
+With QAIC_METRICS_PORT (as in device-plugin mode) it serves /metrics (the SoC gauges and
+health counters, resource label `qaic.qualcomm.com`), /healthz (every loop runs) and /readyz
+(registered with kubelet and the node's ResourceSlices published), so the DaemonSet's probes
+restart a wedged driver and rollouts wait for the slices.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .kubelet.dra.claims import ApiClaimSource
 from .kubelet.dra.node import NodeService
 from .kubelet.dra.plugin import DraPlugin
 from .kubelet.dra.slices import SlicePublisher
+from .observability.sink import MetricsSink, metrics_for
 from .qaic.fingerprint import RescanGate
 from .qaic.inventory import Inventory, NodeState, log_health_changes
 from .qaic.model import Soc
@@ -64,13 +70,17 @@ class DraApp:
         self.plugin = DraPlugin(
             DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir
         )
-        self.qaic_util = QaicUtilPolling(settings, lambda signal: None)  # no metrics here
+        self.metrics: MetricsSink = metrics_for(settings.metrics_port)
+        self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
         self.rescan = RescanGate(
             settings.sysfs_root, settings.dev_root, settings.full_rescan_period, time.monotonic
         )
         self._devices: list[Device] = []
         self._dirty = asyncio.Event()
         self._publish = asyncio.Event()
+        self._published: int | None = None  # pool generation last written, None: not yet
+        self._publish_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.state: NodeState | None = None
 
     def _socs(self) -> list[Soc]:
@@ -81,6 +91,7 @@ class DraApp:
         state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
         self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
         log_health_changes(self.state, state)
+        self.metrics.observe_state(self.state, state, {DRIVER_NAME: list(state.socs)})
         self.state = state
         self._devices = self.driver.update(state.socs)
         self._publish.set()
@@ -116,7 +127,9 @@ class DraApp:
             try:
                 await self.publisher.publish(self._devices, force=force)
                 delay, force = RETRY_SECONDS[0], False
+                self._published, self._publish_error = self.publisher.generation, None
             except (ApiError, httpx2.HTTPError) as e:
+                self._publish_error = str(e)
                 log.warning(
                     "ResourceSlices not published; retrying",
                     extra={"event": "dra_publish_failed", "error": str(e), "retry_in": delay},
@@ -124,6 +137,36 @@ class DraApp:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])
                 self._publish.set()
+
+    # -- probes ------------------------------------------------------------------------------
+
+    def liveness(self) -> str | None:
+        """Why the driver is not alive (/healthz), or None while every loop runs."""
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        return "loops stopped: " + ", ".join(dead) if dead else None
+
+    def readiness(self) -> str | None:
+        """Why the driver is not ready (/readyz), or None once kubelet has registered it and
+        its node's ResourceSlices are written (the scheduler can place claims here)."""
+        if not self.plugin.registration.registered.is_set():
+            return "not registered with kubelet"
+        if self._published is None:
+            return f"ResourceSlices not published yet: {self._publish_error or 'starting'}"
+        return None
+
+    def _http(self) -> Coroutine[Any, Any, None]:
+        from .observability.http import serve_http_forever
+        from .observability.metrics import Metrics
+
+        assert isinstance(self.metrics, Metrics)  # metrics_for(port) made one
+        return serve_http_forever(
+            self.settings.metrics_address,
+            self.settings.metrics_port,
+            self.metrics.registry,
+            lambda: self.liveness() is None,
+            reason=lambda: self.liveness() or "",
+            unready=self.readiness,
+        )
 
     def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         return {
@@ -153,7 +196,10 @@ class DraApp:
             await self.qaic_util.poll()
             self.refresh()
             await self.plugin.start()
-            tasks = [asyncio.create_task(c, name=n) for n, c in self.loops().items()]
+            loops = self.loops()
+            if self.settings.metrics_port:
+                loops["metrics-http"] = self._http()
+            tasks = self._tasks = [asyncio.create_task(c, name=n) for n, c in loops.items()]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()

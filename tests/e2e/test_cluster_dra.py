@@ -186,6 +186,11 @@ def test_driver_publishes_every_soc_in_its_node_slice(cluster: Cluster, stack: S
     assert pod["status"]["phase"] == "Running"
     sc = pod["spec"]["containers"][0]["securityContext"]
     assert not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"]
+    # Ready is the driver's /readyz, through kubelet's probe: registered, slices written.
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    cluster.wait_for("the driver pod Ready", lambda: any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in driver_pod(cluster)["status"].get("conditions", [])))
 
 
 def test_samples_get_exactly_their_claimed_socs(cluster: Cluster, stack: Stack) -> None:

@@ -197,8 +197,14 @@ def test_dra_daemonset_env_mounts_and_hardening() -> None:
     assert pod["hostNetwork"] is False
     assert pod["automountServiceAccountToken"] is True  # the driver calls the API server
     assert pod["serviceAccountName"] == "qaic-device-plugin"
-    assert "readinessProbe" not in c and "livenessProbe" not in c and "ports" not in c
+    assert env["QAIC_METRICS_PORT"]["value"] == "9410"  # the pod's own netns: all addresses
+    assert "QAIC_METRICS_ADDRESS" not in env
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9410, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert run.outputs["daemonSetName"] == "qaic-dra-driver"
+    (c,) = pod_of(next(iter(objects(run_dra(metricsPort=0), "DaemonSet").values())))["containers"]
+    assert "readinessProbe" not in c and "livenessProbe" not in c and "ports" not in c
 
 
 def test_device_plugin_mode_has_no_dra_objects() -> None:
