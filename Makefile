@@ -40,13 +40,14 @@ bench-quick: $(STAMP)  ## ~10x smaller counts, side-by-side included: a smoke ru
 image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah); IMAGE_ARGS="--tag REG/qaic-device-plugin:X --push"
 	plugin_image/build-image.sh $(IMAGE_ARGS)
 
-proto: $(STAMP)  ## regenerate the committed stubs (device plugin v1beta1, PodResources v1, plugin registration v1, DRA v1)
+proto: $(STAMP)  ## regenerate the committed stubs (device plugin v1beta1, PodResources v1, plugin registration v1, DRA v1, DRA health v1)
 	$(BIN)/python -m grpc_tools.protoc -I plugin_image --python_out=plugin_image \
 	  --pyi_out=plugin_image --grpc_python_out=plugin_image \
 	  plugin_image/qaic_device_plugin/kubelet/api/deviceplugin.proto \
 	  plugin_image/qaic_device_plugin/kubelet/api/podresources_v1.proto \
 	  plugin_image/qaic_device_plugin/kubelet/api/pluginregistration_v1/api.proto \
-	  plugin_image/qaic_device_plugin/kubelet/api/dra_v1/api.proto
+	  plugin_image/qaic_device_plugin/kubelet/api/dra_v1/api.proto \
+	  plugin_image/qaic_device_plugin/kubelet/api/dra_health_v1/api.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

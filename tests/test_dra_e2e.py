@@ -23,6 +23,7 @@ from lightkube.types import PatchType
 
 from e2e.apiserver import ApiServer, find_binaries
 from qaic_device_plugin.dra_backend import DRIVER_NAME, device_name
+from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from qaic_device_plugin.kubelet.dra.types import ClaimRef
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
@@ -243,3 +244,34 @@ async def test_probes_say_ready_once_registered_and_published_and_metrics_count_
             assert socs[(("health", "unhealthy"), ("resource", DRIVER_NAME))] == 0
         finally:
             print(proc.log_text()[-3000:])
+
+
+async def test_kubelet_health_stream_follows_the_node(
+    running: tuple[PluginProcess, DraKubeletSim], node: FakeNode
+) -> None:
+    """dra-health v1 from the real process: every SoC in pool NODE, Healthy; a vanished device
+    node turns its SoC Unhealthy with the reason, and back."""
+    _, kubelet = running
+    assert "v1.DRAResourceHealth" in kubelet.plugins[DRIVER_NAME].versions
+    stream = kubelet.watch_health(DRIVER_NAME)
+
+    async def until(ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        async with asyncio.timeout(20):
+            async for msg in stream:
+                health = {d.device.device_name: d for d in msg.devices}
+                if ok(health):
+                    return health
+        raise AssertionError("stream ended")
+
+    health = await until(lambda h: len(h) == len(node.socs))
+    assert {d.device.pool_name for d in health.values()} == {NODE}
+    assert {d.health for d in health.values()} == {health_pb.HEALTHY}
+    bad = node.socs[-1]
+    name = device_name(bad.pci_address)
+    node.remove_device_node(bad.pci_address)
+    health = await until(lambda h: h[name].health == health_pb.UNHEALTHY)
+    missing = node.dev_root / "accel" / f"accel{bad.accel_index}"
+    assert health[name].message == f"device-node: {missing} is missing"
+    node.restore_device_node(bad.pci_address)
+    await until(lambda h: h[name].health == health_pb.HEALTHY)
+    await stream.aclose()

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from qaic_device_plugin.kubelet.dra.checkpoint import Checkpoint
+from qaic_device_plugin.kubelet.dra.health import HealthFeed
 from qaic_device_plugin.kubelet.dra.node import NodeService
 from qaic_device_plugin.kubelet.dra.plugin import DraPlugin
 from qaic_device_plugin.kubelet.dra.types import (
     AllocatedClaim,
     AllocatedDevice,
     ClaimRef,
+    DeviceHealthReport,
     PreparedDevice,
     PrepareError,
 )
@@ -92,6 +95,44 @@ def make_plugin(dirs: Path, driver: Driver) -> DraPlugin:
 async def kubelet(dirs: Path) -> AsyncIterator[DraKubeletSim]:
     async with DraKubeletSim(dirs / "registry") as sim:
         yield sim
+
+
+def health_of(msg: health_pb.NodeWatchResourcesResponse) -> dict[str, tuple[int, str]]:
+    return {f"{d.device.pool_name}/{d.device.device_name}": (d.health, d.message)
+            for d in msg.devices}
+
+
+async def test_health_stream_reports_changes_and_repeats_itself(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    """dra-health v1: offered at registration only with a feed; kubelet's stream gets the
+    full report at once, again on every change, and again on the heartbeat (kubelet turns a
+    device Unknown once its timeout passes without a report)."""
+    feed = HealthFeed((DeviceHealthReport("node-1", "dev-0", True),
+                       DeviceHealthReport("node-1", "dev-1", True)))
+    checkpoint = Checkpoint(dirs / "plugins" / DRIVER / "checkpoint.json")
+    plugin = DraPlugin(DRIVER, NodeService(Driver(), Claims(), checkpoint),
+                       plugins_dir=dirs / "plugins", registry_dir=dirs / "registry",
+                       health=feed, health_heartbeat_seconds=0.2)
+    await plugin.start()
+    try:
+        reg = await kubelet.wait_registered(DRIVER)
+        assert reg.versions == ("v1.DRAPlugin", "v1.DRAResourceHealth")
+        stream = kubelet.watch_health(DRIVER)
+        first = await anext(stream)
+        assert health_of(first) == {"node-1/dev-0": (health_pb.HEALTHY, ""),
+                                    "node-1/dev-1": (health_pb.HEALTHY, "")}
+        assert {d.health_check_timeout_seconds for d in first.devices} == {1}  # 3 x 0.2 s
+        await feed.publish((DeviceHealthReport("node-1", "dev-0", True),
+                            DeviceHealthReport("node-1", "dev-1", False, "device node: gone")))
+        changed = await anext(stream)
+        assert health_of(changed)["node-1/dev-1"] == (health_pb.UNHEALTHY, "device node: gone")
+        again = await anext(stream)  # nothing changed: the heartbeat
+        assert health_of(again) == health_of(changed)
+        assert again.devices[0].last_updated_time >= changed.devices[0].last_updated_time
+        await stream.aclose()
+    finally:
+        await plugin.close()
 
 
 async def test_registration_offers_v1_service_at_dra_sock(

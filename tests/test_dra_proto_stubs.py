@@ -1,5 +1,6 @@
-"""The committed plugin-registration v1 and DRA v1 stubs must be what `make proto` generates,
-and the .proto files must be k8s.io/kubelet v0.37.2's (wire names and numbers kubelet uses)."""
+"""The committed plugin-registration v1, DRA v1 and DRA health v1 stubs must be what `make proto`
+generates, and the .proto files must be k8s.io/kubelet v0.37.2's (wire names and numbers
+kubelet uses)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 from grpc_tools import protoc
 
+from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health
 from qaic_device_plugin.kubelet.api.dra_v1 import api_pb2 as dra
 from qaic_device_plugin.kubelet.api.pluginregistration_v1 import api_pb2 as reg
 
 ROOT = Path(__file__).resolve().parents[1] / "plugin_image"
-APIS = [Path("qaic_device_plugin/kubelet/api") / d for d in ("pluginregistration_v1", "dra_v1")]
+APIS = [Path("qaic_device_plugin/kubelet/api") / d
+        for d in ("pluginregistration_v1", "dra_v1", "dra_health_v1")]
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
@@ -77,3 +80,25 @@ def test_dra_wire_names_match_kubelet() -> None:
     }
     assert fields["NodePrepareResourceResponse"] == {"devices": 1, "error": 2}
     assert fields["NodeUnprepareResourceResponse"] == {"error": 1}
+
+
+def test_dra_health_wire_names_match_kubelet() -> None:
+    d = health.DESCRIPTOR
+    service = d.services_by_name["DRAResourceHealth"]
+    # kubelet negotiates "v1.DRAResourceHealth" and calls /v1.DRAResourceHealth/NodeWatchResources
+    assert service.full_name == "v1.DRAResourceHealth"
+    assert [m.name for m in service.methods] == ["NodeWatchResources"]
+    assert service.methods[0].server_streaming  # type: ignore[attr-defined]
+    fields = _fields(d)
+    assert fields["DeviceIdentifier"] == {"pool_name": 1, "device_name": 2}
+    assert fields["DeviceHealth"] == {
+        "device": 1,
+        "health": 2,
+        "last_updated_time": 3,
+        "health_check_timeout_seconds": 4,
+        "message": 5,
+    }
+    assert fields["NodeWatchResourcesResponse"] == {"devices": 1}
+    assert {v.name: v.number for v in d.enum_types_by_name["HealthStatus"].values} == {
+        "UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+

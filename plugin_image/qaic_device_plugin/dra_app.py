@@ -26,11 +26,12 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.resource_v1 import Device
 
 from .aio import wait_event
-from .dra_backend import DRIVER_NAME, QaicDraDriver
+from .dra_backend import DRIVER_NAME, QaicDraDriver, health_reports
 from .dra_settings import DraSettings
 from .fswatch import watch_directory
 from .kubelet.dra.checkpoint import Checkpoint
 from .kubelet.dra.claims import ApiClaimSource
+from .kubelet.dra.health import HealthFeed
 from .kubelet.dra.node import NodeService
 from .kubelet.dra.plugin import DraPlugin
 from .kubelet.dra.slices import SlicePublisher
@@ -67,8 +68,10 @@ class DraApp:
         checkpoint = Checkpoint(dra.plugins_dir / DRIVER_NAME / "checkpoint.json")
         checkpoint.load()
         self.node = NodeService(self.driver, ApiClaimSource(client, DRIVER_NAME), checkpoint)
+        self.health: HealthFeed = HealthFeed(())
         self.plugin = DraPlugin(
-            DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir
+            DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir,
+            health=self.health,
         )
         self.metrics: MetricsSink = metrics_for(settings.metrics_port)
         self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
@@ -86,7 +89,7 @@ class DraApp:
     def _socs(self) -> list[Soc]:
         return [s.soc for s in self.state.socs] if self.state is not None else []
 
-    def refresh(self) -> None:
+    async def refresh(self) -> None:
         before = self.rescan.scanning(self._socs())
         state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
         self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
@@ -95,6 +98,7 @@ class DraApp:
         self.state = state
         self._devices = self.driver.update(state.socs)
         self._publish.set()
+        await self.health.publish(health_reports(self.dra.node_name, state.socs))
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class DraApp:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self.refresh()
+            await self.refresh()
 
     async def _watch_dev(self) -> None:
         async for _ in watch_directory(self.settings.dev_root / "accel"):
@@ -194,7 +198,7 @@ class DraApp:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.qaic_util.poll()
-            self.refresh()
+            await self.refresh()
             await self.plugin.start()
             loops = self.loops()
             if self.settings.metrics_port:

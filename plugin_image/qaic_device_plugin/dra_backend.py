@@ -5,7 +5,9 @@ Each SoC is one device named after its PCI address (`soc-0000-35-00-0`, a DNS la
 attributes the scheduler can match on: `cardID` (one card: `matchAttribute: qaic.qualcomm.com/
 cardID`), `sku`, `qid`, and the standard `resource.kubernetes.io/pciBusID` and `/numaNode`.
 An unhealthy SoC stays listed with a NoSchedule taint (kept, so it is visible and comes back
-by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn.
+by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn. The same health
+goes to kubelet's dra-health stream (`health_reports`), which shows it in the status of the
+pods that hold the SoC, with the reasons as its message.
 
 Preparing a claim writes one transient CDI spec, `qaic.qualcomm.com-claim_<uid>.json`, with one
 CDI device per SoC (its /dev/accel node) and the spec-wide `QAIC_VISIBLE_DEVICES` listing all
@@ -24,7 +26,13 @@ from typing import Any, cast
 from lightkube.models.resource_v1 import Device
 
 from .backend import VISIBLE_DEVICES_ENV
-from .kubelet.dra.types import AllocatedClaim, ClaimRef, PreparedDevice, PrepareError
+from .kubelet.dra.types import (
+    AllocatedClaim,
+    ClaimRef,
+    DeviceHealthReport,
+    PreparedDevice,
+    PrepareError,
+)
 from .qaic.inventory import SocState
 from .qaic.nfd import remove_if_present, replace_if_changed
 
@@ -58,6 +66,16 @@ def to_device(state: SocState) -> Device:
         taints = [{"key": TAINT_UNHEALTHY, "value": first.signal.value, "effect": "NoSchedule"}]
     raw = {"name": device_name(soc.pci_address), "attributes": attrs, "taints": taints}
     return cast(Device, Device.from_dict(raw))
+
+
+def health_reports(pool: str, socs: Sequence[SocState]) -> tuple[DeviceHealthReport, ...]:
+    return tuple(
+        DeviceHealthReport(
+            pool, device_name(s.soc.pci_address), s.healthy,
+            "; ".join(f"{f.signal.value}: {f.detail}" for f in s.findings),
+        )
+        for s in sorted(socs, key=lambda s: s.soc.pci_address)
+    )
 
 
 def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:

@@ -207,6 +207,35 @@ def test_samples_get_exactly_their_claimed_socs(cluster: Cluster, stack: Stack) 
     assert len(set(running_ones)) == 2
 
 
+def test_pod_status_shows_the_health_of_its_socs(cluster: Cluster, stack: Stack) -> None:
+    """kubelet's ResourceHealthStatus (beta, on since 1.36) fed by our dra-health stream: the
+    pod example's container status lists its SoC Healthy; a vanished device node on the node
+    turns it Unhealthy there, and restoring the node turns it Healthy again."""
+    [pod] = [p for p in pods(cluster, NS)
+             if p["metadata"]["labels"]["app.kubernetes.io/name"] == "qaic-pod-example"]
+    name = pod["metadata"]["name"]
+    [soc] = socs_of_claim(cluster, claim_of(pod))
+    device = device_name(soc.pci_address)
+
+    def health() -> str | None:
+        status = cluster.get("pod", "-n", NS, name)["status"]
+        for cs in status.get("containerStatuses", []):
+            for res in cs.get("allocatedResourcesStatus") or []:
+                for r in res.get("resources", []):
+                    # kubelet names a device by its first CDI ID: ...claim=<uid>-<device>
+                    if r["resourceID"].endswith(device):
+                        return str(r.get("health"))
+        return None
+
+    cluster.wait_for("the SoC Healthy in the pod's status", lambda: health() == "Healthy")
+    cluster.node.fake.remove_device_node(soc.pci_address)
+    try:
+        cluster.wait_for("the SoC Unhealthy in the pod's status", lambda: health() == "Unhealthy")
+    finally:
+        cluster.node.fake.restore_device_node(soc.pci_address)
+    cluster.wait_for("the SoC Healthy again", lambda: health() == "Healthy")
+
+
 def test_a_claim_no_card_can_satisfy_stays_pending_with_the_reason(
     cluster: Cluster, stack: Stack,
 ) -> None:

@@ -44,6 +44,21 @@ class Feed(Generic[T]):
             self._closed = True
             self._changed.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def wait_change(self, seen: int, timeout: float) -> bool:
+        """Until the version is no longer `seen` or the feed closes (True), or `timeout`
+        seconds pass (False): for a stream that also repeats itself on a heartbeat."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(self._newer_than(seen))
+        except TimeoutError:
+            return False
+        return True
+
     def _newer_than(self, seen: int) -> Callable[[], bool]:
         return lambda: self._version != seen or self._closed
 

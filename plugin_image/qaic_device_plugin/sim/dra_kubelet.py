@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from grpc import aio
 
 from ..fswatch import watch_directory
+from ..kubelet.api.dra_health_v1 import api_pb2 as health_pb
+from ..kubelet.api.dra_health_v1 import api_pb2_grpc as health_grpc
 from ..kubelet.api.dra_v1 import api_pb2 as dra_pb
 from ..kubelet.api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..kubelet.api.pluginregistration_v1 import api_pb2 as reg_pb
 from ..kubelet.api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
-from ..kubelet.dra.types import DRA_SERVICE_V1, PLUGIN_TYPE, ClaimRef
+from ..kubelet.dra.types import DRA_SERVICE_V1, HEALTH_SERVICE_V1, PLUGIN_TYPE, ClaimRef
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +134,19 @@ class DraKubeletSim:
                 ch
             ).NodeUnprepareResources(req, timeout=timeout)
             return resp
+
+    async def watch_health(
+        self, driver: str
+    ) -> AsyncIterator[health_pb.NodeWatchResourcesResponse]:
+        """As kubelet does when registration offered the health service: one long
+        NodeWatchResources stream on the driver's endpoint."""
+        plugin = self.plugins[driver]
+        if HEALTH_SERVICE_V1 not in plugin.versions:
+            raise ValueError(f"{driver} offers no {HEALTH_SERVICE_V1}: {plugin.versions}")
+        async with aio.insecure_channel(f"unix://{plugin.endpoint}") as ch:
+            stream = health_grpc.DRAResourceHealthStub(ch).NodeWatchResources(
+                health_pb.NodeWatchResourcesRequest()
+            )
+            async for msg in stream:
+                yield msg
+

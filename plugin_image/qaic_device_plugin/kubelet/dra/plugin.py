@@ -4,6 +4,7 @@ Layout as kubeletplugin's defaults: `<plugins dir>/<driver>/dra.sock` for the no
 `<registry dir>/<driver>-reg.sock` for kubelet's plugin watcher, which calls GetInfo on every
 socket that appears there (also after a kubelet restart), so re-creating a removed socket is
 all re-registration takes. The node service is up before the registration socket appears.
+With a health feed, dra.sock also serves the dra-health v1 stream and registration says so.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from grpc import aio
 
 from ...aio import wait_event
 from ...fswatch import watch_directory
+from ..api.dra_health_v1 import api_pb2_grpc as health_grpc
 from ..api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
+from .health import HEARTBEAT_SECONDS, DraHealthServicer, HealthFeed
 from .node import NodeService
 from .services import DraServicer, RegistrationServicer
-from .types import DRA_SOCKET
+from .types import DRA_SERVICE_V1, DRA_SOCKET, HEALTH_SERVICE_V1
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,28 @@ class DraPlugin:
         plugins_dir: Path,
         registry_dir: Path,
         resync_seconds: float = 5.0,
+        health: HealthFeed | None = None,
+        health_heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.driver_name = driver_name
         self.dra_socket = plugins_dir / driver_name / DRA_SOCKET
         self.registration_socket = registry_dir / f"{driver_name}-reg.sock"
-        self.registration = RegistrationServicer(driver_name, str(self.dra_socket))
+        services = [DRA_SERVICE_V1] + ([HEALTH_SERVICE_V1] if health is not None else [])
+        self.registration = RegistrationServicer(driver_name, str(self.dra_socket), services)
         dra = DraServicer(node)
+        watch = (
+            DraHealthServicer(health, heartbeat_seconds=health_heartbeat_seconds)
+            if health is not None else None
+        )
+
+        def add_node_services(server: aio.Server) -> None:
+            dra_grpc.add_DRAPluginServicer_to_server(dra, server)
+            if watch is not None:
+                health_grpc.add_DRAResourceHealthServicer_to_server(watch, server)
+
         reg = self.registration
         self._sockets = [  # in this order: kubelet dials dra.sock as soon as it sees reg.sock
-            _Socket(self.dra_socket, lambda s: dra_grpc.add_DRAPluginServicer_to_server(dra, s)),
+            _Socket(self.dra_socket, add_node_services),
             _Socket(
                 self.registration_socket,
                 lambda s: reg_grpc.add_RegistrationServicer_to_server(reg, s),

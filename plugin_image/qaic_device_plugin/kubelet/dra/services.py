@@ -17,18 +17,19 @@ from ..api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..api.pluginregistration_v1 import api_pb2 as reg_pb
 from ..api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
 from .node import NodeService
-from .types import DRA_SERVICE_V1, PLUGIN_TYPE, ClaimRef, PreparedDevice
+from .types import PLUGIN_TYPE, ClaimRef, PreparedDevice
 
 log = logging.getLogger(__name__)
 
 
 class RegistrationServicer(reg_grpc.RegistrationServicer):
-    def __init__(self, driver_name: str, endpoint: str) -> None:
+    def __init__(self, driver_name: str, endpoint: str, services: Sequence[str]) -> None:
+        """`services`: the gRPC services `endpoint` serves, which kubelet negotiates."""
         self._info = reg_pb.PluginInfo(
             type=PLUGIN_TYPE,
             name=driver_name,
             endpoint=endpoint,
-            supported_versions=[DRA_SERVICE_V1],
+            supported_versions=list(services),
         )
         self.registered = asyncio.Event()  # set on kubelet's positive NotifyRegistrationStatus
 

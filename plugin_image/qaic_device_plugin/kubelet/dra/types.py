@@ -11,6 +11,21 @@ PLUGIN_TYPE = "DRAPlugin"  # pluginregistration v1: registerapi.DRAPlugin
 # DRAPluginService); kubelet then calls /k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/...
 DRA_SERVICE_V1 = "v1.DRAPlugin"
 DRA_SOCKET = "dra.sock"  # the name kubeletplugin hard-codes under plugins/<driver>/
+# The optional health service (k8s.io/kubelet/pkg/apis/dra-health/v1 types.go,
+# DRAResourceHealthService): advertised beside DRA_SERVICE_V1, kubelet (ResourceHealthStatus,
+# beta and on since 1.36) then streams /v1.DRAResourceHealth/NodeWatchResources on dra.sock
+# and shows each device's health in the status of the pods that hold it.
+HEALTH_SERVICE_V1 = "v1.DRAResourceHealth"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHealthReport:
+    """One device's health as the driver last determined it."""
+
+    pool: str
+    device: str
+    healthy: bool
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
