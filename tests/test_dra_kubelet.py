@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from asyncinotify import Inotify, Mask
 
 from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from qaic_device_plugin.kubelet.dra.checkpoint import Checkpoint
@@ -133,6 +134,32 @@ async def test_health_stream_reports_changes_and_repeats_itself(
         await stream.aclose()
     finally:
         await plugin.close()
+
+
+async def test_sockets_appear_already_listening(dirs: Path) -> None:
+    """A watcher that dials a socket the moment its name appears is never refused: each socket
+    is bound under a hidden name and renamed into place once it listens (grpc creates the
+    file at bind but listens only at start; a refused GetInfo delayed kubelet's
+    registration, and failed the kubelet stand-in under load)."""
+    for d in ("registry", f"plugins/{DRIVER}"):
+        (dirs / d).mkdir(parents=True)
+    plugin = make_plugin(dirs, Driver())
+    seen: list[tuple[str, Mask]] = []
+    with Inotify() as inotify:
+        for d in ("registry", f"plugins/{DRIVER}"):
+            inotify.add_watch(dirs / d, Mask.CREATE | Mask.MOVED_TO)
+        await plugin.start()
+        try:
+            async with asyncio.timeout(10):
+                async for ev in inotify:
+                    assert ev.name is not None
+                    seen.append((str(ev.name), ev.mask & (Mask.CREATE | Mask.MOVED_TO)))
+                    if sum(1 for n, _ in seen if n.endswith(".sock")) == 2:
+                        break
+        finally:
+            await plugin.close()
+    final = [(n, m) for n, m in seen if not n.startswith(".")]
+    assert final == [("dra.sock", Mask.MOVED_TO), (f"{DRIVER}-reg.sock", Mask.MOVED_TO)], seen
 
 
 async def test_registration_offers_v1_service_at_dra_sock(

@@ -90,15 +90,21 @@ class DraPlugin:
         self._bound_changed = asyncio.Condition()
 
     async def _bind(self, sock: _Socket) -> None:
+        """Bind under a hidden name and rename into place once listening: grpc creates the
+        file at bind and listens only at start, and a watcher that dials in between (kubelet's
+        plugin watcher reacts to the file) is refused. Watchers skip dot files; the rename
+        also replaces a stale socket of an earlier run without a moment of no socket."""
         if sock.server is not None:
             await sock.server.stop(None)
         sock.path.parent.mkdir(parents=True, exist_ok=True)
+        binding = sock.path.with_name(f".{sock.path.name}.tmp")
         with contextlib.suppress(FileNotFoundError):
-            sock.path.unlink()  # a stale socket of an earlier run
+            binding.unlink()
         server = aio.server()
         sock.add(server)
-        server.add_insecure_port(f"unix://{sock.path}")
+        server.add_insecure_port(f"unix://{binding}")
         await server.start()
+        os.rename(binding, sock.path)
         sock.server, sock.identity = server, _identity(sock.path)
         self.bound += 1
         log.info("serving", extra={"event": "dra_socket", "path": str(sock.path)})
