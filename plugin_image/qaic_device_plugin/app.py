@@ -29,7 +29,7 @@ from .qaic.model import Soc
 from .qaic.resources import resource_name
 from .qaic.statefile import StateFile, default_state_file
 from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
-from .qaic_util_poll import QaicUtilPolling
+from .qaic_util_poll import QaicUtilPolling, paced_scan
 from .settings import Settings
 from .supervise import until_stop_or_death
 
@@ -128,9 +128,7 @@ class App:
         return [s.soc for s in self.state.socs] if self.state is not None else []
 
     async def refresh(self) -> NodeState:
-        before = self.rescan.scanning(self._socs())
-        state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
-        self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
+        state = paced_scan(self.inventory, self.qaic_util, self.rescan, self.state)
         state = self.held.apply(state)
         self.saved.save()  # before kubelet sees what the file must carry over a restart
         log_health_changes(self.state, state)

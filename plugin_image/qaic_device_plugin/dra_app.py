@@ -39,7 +39,7 @@ from .observability.sink import MetricsSink, metrics_for
 from .qaic.fingerprint import RescanGate
 from .qaic.inventory import Inventory, NodeState, log_health_changes
 from .qaic.model import Soc
-from .qaic_util_poll import QaicUtilPolling
+from .qaic_util_poll import QaicUtilPolling, paced_scan
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ class DraApp:
         return [s.soc for s in self.state.socs] if self.state is not None else []
 
     async def refresh(self) -> None:
-        before = self.rescan.scanning(self._socs())
-        state = self.qaic_util.awaited(self.inventory.scan(self.qaic_util.current()), self.state)
-        self.rescan.scanned(before, same_socs=self._socs() == [s.soc for s in state.socs])
+        state = paced_scan(self.inventory, self.qaic_util, self.rescan, self.state)
         log_health_changes(self.state, state)
         self.metrics.observe_state(self.state, state, {DRIVER_NAME: list(state.socs)})
         self.state = state

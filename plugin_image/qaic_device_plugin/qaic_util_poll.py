@@ -18,8 +18,9 @@ from dataclasses import replace
 
 from .aio import wait_event
 from .qaic.discovery import discover
+from .qaic.fingerprint import RescanGate
 from .qaic.health import Finding, Signal
-from .qaic.inventory import NodeState, SocState
+from .qaic.inventory import Inventory, NodeState, SocState
 from .qaic.model import QaicUtilEntry
 from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
 from .settings import Settings
@@ -131,3 +132,20 @@ class QaicUtilPolling:
             self.now.clear()
             if await self.poll():
                 dirty.set()
+
+
+def paced_scan(
+    inventory: Inventory,
+    qaic_util: QaicUtilPolling,
+    rescan: RescanGate,
+    previous: NodeState | None,
+) -> NodeState:
+    """One full scan as both modes take it: with qaic-util's last usable answer, SoCs that
+    (re)appeared held back until qaic-util has run for them, and the rescan gate's
+    fingerprint taken just before (so a change during the scan shows at the next tick)."""
+    socs = [s.soc for s in previous.socs] if previous is not None else []
+    before = rescan.scanning(socs)
+    state = qaic_util.awaited(inventory.scan(qaic_util.current()), previous)
+    rescan.scanned(before, same_socs=socs == [s.soc for s in state.socs])
+    return state
+
