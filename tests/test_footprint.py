@@ -3,17 +3,29 @@ adaptive qaic-util period, and optional modules imported only when their setting
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from qaic_device_plugin.fswatch import WatchStatus, watch_directory
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.fingerprint import RescanGate, fingerprint
 from qaic_device_plugin.qaic.inventory import Inventory
 from qaic_device_plugin.qaic_util_poll import QaicUtilPolling
 from qaic_device_plugin.settings import Settings
+from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
+from qaic_device_plugin.sim.process import PluginProcess
+
+QAIC = "qualcomm.com/qaic"
+
+StartPlugin = Callable[..., Awaitable[PluginProcess]]
 
 
 def _fp(node: FakeNode) -> tuple[object, ...]:
@@ -98,6 +110,65 @@ def test_explicit_idle_poll_and_full_rescan_settings(node: FakeNode, plugin_dir:
     assert s.full_rescan_period == 20
     default = _settings(node, plugin_dir)
     assert default.full_rescan_period == 60 * default.resync_seconds == 300
+    assert default.resync_events_period == 6 * default.resync_seconds == 30
+    assert s.model_copy(update={"resync_events_seconds": 12.0}).resync_events_period == 12
+
+
+async def test_sysfs_safety_net_slows_only_while_uevents_arrive(
+    node: FakeNode, kubelet: KubeletSim, start_plugin: StartPlugin
+) -> None:
+    """With the udev monitor open the fingerprint tick runs at QAIC_RESYNC_EVENTS_SECONDS: a
+    change that sends no event waits for one (or that tick). Without uevents the short
+    QAIC_RESYNC_SECONDS tick is what finds it."""
+    pci = node.socs[2].pci_address
+    slow = {"QAIC_RESYNC_SECONDS": "0.1", "QAIC_RESYNC_EVENTS_SECONDS": "3600"}
+    plugin = await start_plugin(QAIC_UDEV_SOURCE="kernel", **slow)
+    await kubelet.wait_devices(QAIC, healthy=10)
+    assert plugin.events("udev_started")
+    # short ticks until a scan fingerprinted the SoCs it found, then the events period
+    periods = await plugin.wait_events("resync_period", 2)
+    assert [e["seconds"] for e in periods] == [0.1, 3600]
+    node.bump_ue_count(pci)  # sysfs only: no inotify event, and the fake node sends no uevent
+    with pytest.raises(TimeoutError):  # ten short ticks would have found it
+        await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=1.0)
+    os.utime(node.dev_root / "accel" / f"accel{node.socs[0].accel_index}")  # any event: a scan
+    view = await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=5)
+    assert view.unhealthy == [pci]
+    await plugin.stop()
+
+    node.bump_ue_count(node.socs[3].pci_address)
+    off = await start_plugin(QAIC_UDEV_ENABLED="false", **slow)
+    await kubelet.wait_devices(QAIC, healthy=9, unhealthy=1, timeout=10)  # the restart's view
+    assert off.events("udev_off")
+    assert [e["seconds"] for e in off.events("resync_period")] == [0.1]
+    node.bump_ue_count(node.socs[4].pci_address)
+    await kubelet.wait_devices(QAIC, healthy=8, unhealthy=2, timeout=5)  # a short tick
+
+
+async def test_watch_status_follows_the_directory_watch(tmp_path: Path) -> None:
+    """The plugin-dir check slows down only while this says the watch is in place, and
+    `lost` wakes it at once when the watch goes (kubelet/manager.py)."""
+    d = tmp_path / "plugins"
+    d.mkdir()
+    status = WatchStatus()
+    events = watch_directory(d, status=status)
+    first = asyncio.ensure_future(anext(events))
+    async with asyncio.timeout(5):
+        await status.placed.wait()
+    assert status.live and not status.lost.is_set()
+    d.rmdir()
+    async with asyncio.timeout(5):
+        await status.lost.wait()
+        await first  # the RESCAN for the vanished directory
+    assert not status.live
+    second = asyncio.ensure_future(anext(events))
+    d.mkdir()
+    async with asyncio.timeout(5):
+        await status.placed.wait()
+        assert status.live and not status.lost.is_set()
+        (d / "kubelet.sock").touch()
+        await second
+    await events.aclose()
 
 
 _PROBE = """

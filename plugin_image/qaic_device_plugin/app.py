@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from .aio import wait_event
 from .backend import QaicResource
 from .fswatch import watch_directory
 from .held_socs import HeldSocs
@@ -76,7 +77,8 @@ class App:
         self.manager = PluginManager(
             settings.device_plugin_dir,
             observer=self.metrics,
-            resync_seconds=settings.resync_seconds,  # also the net under a missing dir watch
+            resync_seconds=settings.resync_seconds,  # the net under a missing dir watch
+            watched_resync_seconds=settings.resync_events_period,
             clock=clock,
         )
         self.nfd: NfdFeatureFile | None = None
@@ -92,6 +94,9 @@ class App:
         self.issued = IssuedAllocations(settings.device_plugin_dir / CHECKPOINT_FILE)
         self._tasks: list[asyncio.Task[None]] = []
         self._cooldown_timer: asyncio.TimerHandle | None = None
+        self._uevents = False  # the udev monitor is open: resets and re-probes announce themselves
+        self._resync_sooner = asyncio.Event()  # the period shortened: restart the wait
+        self._resync_sleeping = float("inf")  # the period the resync loop waits for now
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
         self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
@@ -155,6 +160,8 @@ class App:
         if self.nfd is not None:
             self.nfd.update(state, self.settings.dev_root)
         self.state = state
+        if self._resync_period() < self._resync_sleeping:  # SoCs came or went, or got held
+            self._resync_sooner.set()
         async with self._refreshed:
             self._generation += 1
             self._refreshed.notify_all()
@@ -186,12 +193,30 @@ class App:
         async for _ in watch_directory(self.settings.dev_root / "accel"):
             self._dirty.set()
 
+    def _resync_period(self) -> float:
+        """QAIC_RESYNC_SECONDS where the rescan is the only way to see a sysfs-only change (no
+        uevents), a pod releasing a held SoC, or SoCs that came or went (their fingerprint
+        comes from the next full scan); QAIC_RESYNC_EVENTS_SECONDS while uevents announce
+        resets and re-probes, so the tick only catches what was lost."""
+        if self._uevents and self.rescan.settled and not self.held.any_held:
+            return self.settings.resync_events_period
+        return self.settings.resync_seconds
+
     async def _resync(self) -> None:
-        """The safety net under inotify and udev: every QAIC_RESYNC_SECONDS a fingerprint of
-        what a scan reads (a few dozen syscalls); the full scan only when it changed, or
-        after QAIC_FULL_RESCAN_SECONDS (qaic/fingerprint.py says what it cannot see)."""
+        """The safety net under inotify and udev: every tick a fingerprint of what a scan
+        reads (a few dozen syscalls); the full scan only when it changed, or after
+        QAIC_FULL_RESCAN_SECONDS (qaic/fingerprint.py says what it cannot see)."""
         while True:
-            await asyncio.sleep(self.settings.resync_seconds)
+            period = self._resync_period()
+            if period != self._resync_sleeping:
+                log.info(
+                    "safety rescan period",
+                    extra={"event": "resync_period", "seconds": period, "uevents": self._uevents},
+                )
+            self._resync_sleeping = period
+            if await wait_event(self._resync_sooner, period):
+                self._resync_sooner.clear()
+                continue  # the period just shortened: start it again
             if self.held.any_held:  # kubelet has no event for a pod releasing it
                 await self.held.poll()
                 self._dirty.set()
@@ -245,6 +270,7 @@ class App:
         udev = self._open_udev()
         if udev is not None:
             loops["udev"] = udev.run()
+            self._uevents = True
         return loops
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -46,6 +46,25 @@ class DirEvent:
     name: str | None = None
 
 
+class WatchStatus:
+    """Whether the watch on the directory itself is in place: a caller's safety-net poll can
+    slow down while it is (events then do the work) and must speed up as soon as it is not:
+    `lost` is set while it is not, `placed` while it is."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.placed = asyncio.Event()
+
+    @property
+    def live(self) -> bool:
+        return self.placed.is_set()
+
+    def set(self, live: bool) -> None:
+        now, other = (self.placed, self.lost) if live else (self.lost, self.placed)
+        other.clear()
+        now.set()
+
+
 def _nearest_existing(path: Path) -> Path:
     p = path
     while not p.is_dir() and p != p.parent:
@@ -93,16 +112,19 @@ class _Retry:
 
 
 async def watch_directory(
-    path: Path, *, backoff: tuple[float, float] = _BACKOFF
+    path: Path, *, backoff: tuple[float, float] = _BACKOFF, status: WatchStatus | None = None
 ) -> AsyncIterator[DirEvent]:
     """Yield events for entries of `path`; while it does not exist, wait for it to appear.
 
     A watch that cannot be added is retried with exponential backoff (capped), yielding
     RESCAN after each attempt, so callers fall back to re-reading state on their own.
+    `status.live` says whether the watch on `path` is in place.
     """
     retry = _Retry(backoff)
+    status = status if status is not None else WatchStatus()
     with Inotify() as inotify:
         while True:
+            status.set(False)
             if path.is_dir():
                 try:
                     watch = inotify.add_watch(path, _DIR_MASK)
@@ -112,8 +134,12 @@ async def watch_directory(
                     yield DirEvent(Change.RESCAN)
                     continue
                 retry.added(path)
-                async for ev in _events(inotify, watch):
-                    yield ev
+                status.set(True)
+                try:
+                    async for ev in _events(inotify, watch):
+                        yield ev
+                finally:
+                    status.set(False)
                 yield DirEvent(Change.RESCAN)  # the directory went away
             else:
                 await _await_creation(inotify, path, retry)

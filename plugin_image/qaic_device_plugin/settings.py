@@ -27,6 +27,10 @@ CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
 #: Resync ticks per full sysfs scan when QAIC_FULL_RESCAN_SECONDS is unset (5 min at 5 s): each
 #: full scan of a 16-SoC node costs ~5 ms of CPU, a fingerprint tick ~0.3 ms (issue 11).
 FULL_RESCAN_TICKS = 60
+#: QAIC_RESYNC_SECONDS multiples between safety-net ticks while events do the work (30 s at 5 s):
+#: the ticks were most of the idle CPU a node pays (issue 11), and with events they only catch
+#: what was lost.
+RESYNC_EVENTS_FACTOR = 6
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
 _BOOL = "1/0/true/false/yes/no"
 
@@ -96,6 +100,16 @@ class Settings(BaseSettings):
         "QAIC_RESYNC_SECONDS",
         5.0,
         "periodic rescan of sysfs and the plugin dir, the safety net under inotify/udev events",
+        "a number of seconds > 0",
+        gt=0,
+    )
+    resync_events_seconds: float | None = _setting(
+        "QAIC_RESYNC_EVENTS_SECONDS",
+        None,
+        "the same safety net while events cover what it looks for: the sysfs fingerprint"
+        " while kernel uevents arrive (QAIC_UDEV_ENABLED with its monitor open: resets and"
+        " re-probes announce themselves), the plugin-dir check while its inotify watch is"
+        " in place; unset: 6 x QAIC_RESYNC_SECONDS",
         "a number of seconds > 0",
         gt=0,
     )
@@ -272,6 +286,10 @@ class Settings(BaseSettings):
     @property
     def full_rescan_period(self) -> float:
         return self.full_rescan_seconds or FULL_RESCAN_TICKS * self.resync_seconds
+
+    @property
+    def resync_events_period(self) -> float:
+        return self.resync_events_seconds or RESYNC_EVENTS_FACTOR * self.resync_seconds
 
     @property
     def health_poll_idle_period(self) -> float:

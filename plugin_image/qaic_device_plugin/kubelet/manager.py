@@ -18,7 +18,7 @@ from typing import Any
 from grpc import aio
 
 from ..aio import wait_event
-from ..fswatch import Change, watch_directory
+from ..fswatch import Change, WatchStatus, watch_directory
 from .registration import register
 from .server import PluginServer
 from .types import KUBELET_SOCKET, Backend, valid_extended_resource_name
@@ -61,6 +61,7 @@ class PluginManager:
         register_timeout: float = 15.0,
         backoff: tuple[float, float] = (0.05, 5.0),
         resync_seconds: float = 10.0,
+        watched_resync_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plugin_dir = plugin_dir
@@ -69,6 +70,8 @@ class PluginManager:
         self._register_timeout = register_timeout
         self._backoff = backoff
         self._resync_seconds = resync_seconds
+        self._watched_resync_seconds = watched_resync_seconds or resync_seconds
+        self._watch = WatchStatus()
         self._clock = clock
         self._served: dict[str, _Served] = {}
         self._kubelet_seen_at: float | None = None
@@ -266,7 +269,7 @@ class PluginManager:
                 served.kick.set()
 
     async def _watch_loop(self) -> None:
-        async for ev in watch_directory(self.plugin_dir):
+        async for ev in watch_directory(self.plugin_dir, status=self._watch):
             own = {s.server.socket_path.name for s in self._served.values()}
             if ev.change is Change.CREATED and ev.name == KUBELET_SOCKET:
                 self._kubelet_seen_at = self._clock()
@@ -282,9 +285,13 @@ class PluginManager:
     async def _resync_loop(self) -> None:
         """Safety net for lost events (or no watch at all: inotify watches exhausted): our
         sockets must exist while we serve, and a kubelet we are not registered with gets a
-        Register (a no-op for resources already registered with it)."""
+        Register (a no-op for resources already registered with it). While the directory
+        watch is in place it only catches lost events, so it runs at the slower period."""
         while True:
-            await asyncio.sleep(self._resync_seconds)
+            if self._watch.live:
+                await wait_event(self._watch.lost, self._watched_resync_seconds)
+            else:
+                await asyncio.sleep(self._resync_seconds)
             kubelet = self._kubelet_identity()
             new = kubelet is not None and any(
                 s.registered_with is None or s.registered_with[0] != kubelet

@@ -145,5 +145,11 @@ class RescanGate:
         """After the scan; SoCs that came or went are fingerprinted from the next scan on."""
         self._last = before if same_socs else None
 
+    @property
+    def settled(self) -> bool:
+        """A fingerprint of the current SoC set exists (False until a scan found the same SoCs
+        as the one before it): until then every tick is a full scan, so it should come soon."""
+        return self._last is not None
+
     def due(self, socs: Iterable[Soc]) -> bool:
         return self.clock() - self._at >= self.full_period or self.take(socs) != self._last
