@@ -251,7 +251,7 @@ def running(marker: str) -> list[int]:
     return pids
 
 
-async def wait_gone(marker: str, within: float = 5.0) -> list[int]:
+async def wait_gone(marker: str, within: float = 15.0) -> list[int]:
     for _ in range(int(within / 0.05)):
         if not running(marker):
             return []

@@ -8,11 +8,11 @@ with shares, `<pci>::<n>` replicas.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from .kubelet.after_reply import after_reply
 from .kubelet.checkpoint import IssuedAllocations
 from .kubelet.feed import Feed
 from .kubelet.types import (
@@ -130,10 +130,9 @@ class QaicResource:
         return [chosen[p] for p in sorted(chosen)]
 
     async def allocate(self, requests: Sequence[Sequence[str]]) -> list[ContainerAllocation]:
-        """The replies; the `allocate` log line and the metrics follow on the next loop turn,
-        so they never delay kubelet (they were a third of the call: issue 11). They are
-        still written before this process answers any later call (the loop runs them first)."""
-        later = asyncio.get_running_loop().call_soon
+        """The replies; the `allocate` log line and the metrics follow once the reply is sent
+        (kubelet/after_reply.py), so they never delay kubelet (issue 11)."""
+        later = after_reply
         resolved = [self._resolve(ids, self._socs) for ids in requests]
         out: list[ContainerAllocation] = []
         for ids, socs in zip(requests, resolved, strict=True):

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from .after_reply import collect
 from .api import deviceplugin_pb2 as pb
 from .api import deviceplugin_pb2_grpc as pb_grpc
 from .convert import allocation_to_pb, devices_to_pb, options_to_pb
@@ -64,6 +65,9 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
         request: pb.AllocateRequest,
         context: aio.ServicerContext[pb.AllocateRequest, pb.AllocateResponse],
     ) -> pb.AllocateResponse:
+        # the backend's log line and metrics, after the reply (grpc-stubs declare the callback
+        # as a class rather than a Protocol, so no function matches it)
+        context.add_done_callback(collect())  # type: ignore[arg-type]
         try:
             allocs = await self._backend.allocate(
                 [list(c.devices_ids) for c in request.container_requests]
