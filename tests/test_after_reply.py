@@ -102,4 +102,3 @@ async def test_collect_holds_work_until_its_callback() -> None:
     after_reply(ran.append, 3)  # this context never collected: next turn
     await asyncio.sleep(0)
     assert ran == [2, 3]
-

@@ -298,7 +298,7 @@ async def test_app_udev_event_reflects_a_subsystem_restart_at_once(
     accel = node.socs[2]
     path = ACCEL_PATH.replace("accel3", f"accel{accel.accel_index}")
     mon = ScriptedMonitor([])
-    monkeypatch.setattr("qaic_device_plugin.app.open_monitor", lambda source: mon)
+    monkeypatch.setattr("qaic_device_plugin.qaic.udev.open_monitor", lambda source: mon)
     settings = Settings(
         QAIC_SYSFS_ROOT=node.sysfs_root,
         QAIC_DEV_ROOT=node.dev_root,

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .aio import wait_event
 from .backend import QaicResource
 from .fswatch import watch_directory
 from .held_socs import HeldSocs
@@ -29,8 +28,9 @@ from .qaic.inventory import Inventory, NodeState, SocState, log_health_changes
 from .qaic.model import Soc
 from .qaic.resources import resource_name
 from .qaic.statefile import StateFile, default_state_file
-from .qaic.udev import UdevEvent, UdevUnavailable, UdevWatch, open_monitor
+from .qaic.udev import UdevEvent, open_udev_watch
 from .qaic_util_poll import QaicUtilPolling, paced_scan
+from .safety_net import SafetyNet
 from .settings import Settings
 from .supervise import until_stop_or_death
 
@@ -94,9 +94,6 @@ class App:
         self.issued = IssuedAllocations(settings.device_plugin_dir / CHECKPOINT_FILE)
         self._tasks: list[asyncio.Task[None]] = []
         self._cooldown_timer: asyncio.TimerHandle | None = None
-        self._uevents = False  # the udev monitor is open: resets and re-probes announce themselves
-        self._resync_sooner = asyncio.Event()  # the period shortened: restart the wait
-        self._resync_sleeping = float("inf")  # the period the resync loop waits for now
         self.resources: dict[str, QaicResource] = {}
         self.state: NodeState | None = None
         self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
@@ -105,6 +102,14 @@ class App:
         self._generation = 0
         self.rescan = RescanGate(
             settings.sysfs_root, settings.dev_root, settings.full_rescan_period, clock
+        )
+        self.safety_net = SafetyNet(
+            self.rescan,
+            self.held,
+            self._socs,
+            self._dirty,
+            short=settings.resync_seconds,
+            with_events=settings.resync_events_period,
         )
 
     # -- state -------------------------------------------------------------------------------
@@ -160,8 +165,7 @@ class App:
         if self.nfd is not None:
             self.nfd.update(state, self.settings.dev_root)
         self.state = state
-        if self._resync_period() < self._resync_sleeping:  # SoCs came or went, or got held
-            self._resync_sooner.set()
+        self.safety_net.state_changed()
         async with self._refreshed:
             self._generation += 1
             self._refreshed.notify_all()
@@ -193,36 +197,6 @@ class App:
         async for _ in watch_directory(self.settings.dev_root / "accel"):
             self._dirty.set()
 
-    def _resync_period(self) -> float:
-        """QAIC_RESYNC_SECONDS where the rescan is the only way to see a sysfs-only change (no
-        uevents), a pod releasing a held SoC, or SoCs that came or went (their fingerprint
-        comes from the next full scan); QAIC_RESYNC_EVENTS_SECONDS while uevents announce
-        resets and re-probes, so the tick only catches what was lost."""
-        if self._uevents and self.rescan.settled and not self.held.any_held:
-            return self.settings.resync_events_period
-        return self.settings.resync_seconds
-
-    async def _resync(self) -> None:
-        """The safety net under inotify and udev: every tick a fingerprint of what a scan
-        reads (a few dozen syscalls); the full scan only when it changed, or after
-        QAIC_FULL_RESCAN_SECONDS (qaic/fingerprint.py says what it cannot see)."""
-        while True:
-            period = self._resync_period()
-            if period != self._resync_sleeping:
-                log.info(
-                    "safety rescan period",
-                    extra={"event": "resync_period", "seconds": period, "uevents": self._uevents},
-                )
-            self._resync_sleeping = period
-            if await wait_event(self._resync_sooner, period):
-                self._resync_sooner.clear()
-                continue  # the period just shortened: start it again
-            if self.held.any_held:  # kubelet has no event for a pod releasing it
-                await self.held.poll()
-                self._dirty.set()
-            elif self.rescan.due(self._socs()):
-                self._dirty.set()
-
     def _wake_at_cooldown_end(self) -> None:
         """A SoC in RAS cool-down recovers when it ends, not at the next periodic resync."""
         if self._cooldown_timer is not None:
@@ -238,39 +212,20 @@ class App:
         if event is None or event.subsystem == "accel":
             self.qaic_util.now.set()  # a reset or sub-system restart: Status may have changed
 
-    def _open_udev(self) -> UdevWatch | None:
-        s = self.settings
-        if not s.udev_enabled:
-            log.info("udev events off (QAIC_UDEV_ENABLED=false)", extra={"event": "udev_off"})
-            return None
-        try:
-            monitor = open_monitor(s.udev_source)
-        except UdevUnavailable as e:
-            log.warning(
-                "udev events unavailable; relying on inotify and the periodic resync",
-                extra={
-                    "event": "udev_unavailable",
-                    "source": s.udev_source.value,
-                    "reason": str(e),
-                },
-            )
-            return None
-        log.info(
-            "watching udev events", extra={"event": "udev_started", "source": s.udev_source.value}
-        )
-        return UdevWatch(monitor, self._on_udev)
-
     def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         loops = {
             "refresher": self._refresher(),
             "dev-watch": self._watch_dev(),
-            "resync": self._resync(),
+            "resync": self.safety_net.run(),
             "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
         }
-        udev = self._open_udev()
+        s = self.settings
+        udev = open_udev_watch(s.udev_source, self._on_udev) if s.udev_enabled else None
+        if not s.udev_enabled:
+            log.info("udev events off (QAIC_UDEV_ENABLED=false)", extra={"event": "udev_off"})
         if udev is not None:
             loops["udev"] = udev.run()
-            self._uevents = True
+            self.safety_net.uevents = True
         return loops
 
     # -- lifecycle ---------------------------------------------------------------------------

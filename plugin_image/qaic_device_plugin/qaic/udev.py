@@ -183,3 +183,18 @@ class UdevWatch:
                 },
             )
             self.on_event(event)
+
+
+def open_udev_watch(source: UdevSource, on_event: OnEvent) -> UdevWatch | None:
+    """A watch on `source`, or None (said once) when it cannot be opened: inotify and the
+    periodic rescan still find every change, only later."""
+    try:
+        monitor = open_monitor(source)
+    except UdevUnavailable as e:
+        log.warning(
+            "udev events unavailable; relying on inotify and the periodic resync",
+            extra={"event": "udev_unavailable", "source": source.value, "reason": str(e)},
+        )
+        return None
+    log.info("watching udev events", extra={"event": "udev_started", "source": source.value})
+    return UdevWatch(monitor, on_event)
