@@ -219,11 +219,9 @@ class App:
             "resync": self.safety_net.run(),
             "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
         }
-        s = self.settings
-        udev = open_udev_watch(s.udev_source, self._on_udev) if s.udev_enabled else None
-        if not s.udev_enabled:
+        if not self.settings.udev_enabled:
             log.info("udev events off (QAIC_UDEV_ENABLED=false)", extra={"event": "udev_off"})
-        if udev is not None:
+        elif (udev := open_udev_watch(self.settings.udev_source, self._on_udev)) is not None:
             loops["udev"] = udev.run()
             self.safety_net.uevents = True
         return loops

@@ -132,7 +132,6 @@ class QaicResource:
     async def allocate(self, requests: Sequence[Sequence[str]]) -> list[ContainerAllocation]:
         """The replies; the `allocate` log line and the metrics follow once the reply is sent
         (kubelet/after_reply.py), so they never delay kubelet (issue 11)."""
-        later = after_reply
         resolved = [self._resolve(ids, self._socs) for ids in requests]
         out: list[ContainerAllocation] = []
         for ids, socs in zip(requests, resolved, strict=True):
@@ -154,7 +153,7 @@ class QaicResource:
                 self._unproven_card(socs)
             paths = [f"/dev/{s.soc.dev_relpath}" for s in socs]
             qids = ",".join(str(q) for q in sorted(s.soc.qid for s in socs))
-            later(self._log_allocated, list(ids), paths, qids)
+            after_reply(self._log_allocated, list(ids), paths, qids)
             alloc = ContainerAllocation(
                 devices=[DeviceSpec(p, p, "rw") for p in paths],
                 envs={VISIBLE_DEVICES_ENV: qids},
@@ -165,7 +164,7 @@ class QaicResource:
             out.append(alloc)
         if self._on_allocate is not None:
             for socs in resolved:
-                later(self._on_allocate, self._name, len(socs))
+                after_reply(self._on_allocate, self._name, len(socs))
         return out
 
     def _log_allocated(self, ids: list[str], paths: list[str], qids: str) -> None:
