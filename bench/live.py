@@ -31,7 +31,7 @@ from .live_base import (
     _cards,
     _pref,
     import_grpc_floor,
-    running_plugin,
+    ultra_node_with_plugin,
     wait_devices,
 )
 from .live_events import (
@@ -40,7 +40,6 @@ from .live_events import (
     _sysfs_signals,
 )
 from .live_scale import shares, snapshot_build, snapshot_send, starts
-from .quality import ultra_cards
 
 
 async def main_process(
@@ -53,14 +52,10 @@ async def main_process(
 ) -> None:
     """One plugin in SKU mode on 16 Ultra cards: RSS, Allocate and GetPreferredAllocation
     latency, health flips, resets, the preferred-allocation cross-check, kubelet restarts."""
-    node = FakeNode(work / "node-main", ultra_cards())
-    node.write()
-    plugin_dir = work / "plugins-main"
-    async with (
-        KubeletSim(plugin_dir) as kubelet,
-        running_plugin(
-            node, plugin_dir, work / "plugin-main.log", QAIC_SKU_BASED_RESOURCE_ENABLED="1"
-        ) as plugin,
+    async with ultra_node_with_plugin(work, "main", QAIC_SKU_BASED_RESOURCE_ENABLED="1") as (
+        node,
+        kubelet,
+        plugin,
     ):
         await wait_devices(kubelet, plugin, ULTRA, SOCS)
         await asyncio.sleep(counts.settle)

@@ -22,6 +22,7 @@ from qaic_device_plugin.sim.node import FakeNode, FakeSoc
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
 from .floor_server import METHOD as FLOOR_METHOD
+from .quality import ultra_cards
 
 HERE = Path(__file__).resolve().parent
 ULTRA = "qualcomm.com/qaic-ultra"
@@ -163,6 +164,22 @@ async def running_plugin(
             rc = await plugin.stop(timeout=10)
             if rc != 0:
                 raise BenchError(f"plugin exited {rc} on SIGTERM; see {log}")
+
+
+@contextlib.asynccontextmanager
+async def ultra_node_with_plugin(
+    work: Path, tag: str, **env: str
+) -> AsyncIterator[tuple[FakeNode, KubeletSim, PluginProcess]]:
+    """A fresh 16-Ultra node, a kubelet simulator and the plugin on it (`env` on top of the
+    node's), each under `work` by `tag`."""
+    node = FakeNode(work / f"node-{tag}", ultra_cards())
+    node.write()
+    plugin_dir = work / f"plugins-{tag}"
+    async with (
+        KubeletSim(plugin_dir) as kubelet,
+        running_plugin(node, plugin_dir, work / f"plugin-{tag}.log", **env) as plugin,
+    ):
+        yield node, kubelet, plugin
 
 
 async def wait_devices(

@@ -30,7 +30,7 @@ from .live_base import (
     Counts,
     Samples,
     import_grpc_floor,
-    running_plugin,
+    ultra_node_with_plugin,
     wait_devices,
 )
 from .live_events import _flip
@@ -69,14 +69,10 @@ async def starts(counts: Counts, work: Path, out: Samples) -> None:
 
 async def shares(counts: Counts, work: Path, out: Samples) -> None:
     """ALLOWED_QAIC_DEVICE_SHARES=16 on the 16-Ultra node: 1024 devices in every snapshot."""
-    node = FakeNode(work / "node-shares", ultra_cards())
-    node.write()
-    plugin_dir = work / "plugins-shares"
-    async with (
-        KubeletSim(plugin_dir) as kubelet,
-        running_plugin(
-            node, plugin_dir, work / "plugin-shares.log", ALLOWED_QAIC_DEVICE_SHARES=str(SHARES)
-        ) as plugin,
+    async with ultra_node_with_plugin(work, "shares", ALLOWED_QAIC_DEVICE_SHARES=str(SHARES)) as (
+        node,
+        kubelet,
+        plugin,
     ):
         await wait_devices(kubelet, plugin, QAIC, SOCS * SHARES)
         stream = kubelet.resources[QAIC].stub.ListAndWatch(pb.Empty())
