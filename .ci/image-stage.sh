@@ -193,7 +193,7 @@ run_arch() {
   # A fake node (2 Ultra = 8 SoCs, 1 Std, 1 Pro) and the kubelet simulator on the host; the
   # plugin in the container sees the same directory at /sim.
   sim="$work/sim-$arch"
-  "$hostpy" -m qaic_device_plugin.sim.node --root "$sim" --ultra 2 --std 1 --pro 1 --json >"$work/node-$arch.json"
+  "$hostpy" -m qaic_device_plugin.sim.node_cli --root "$sim" --ultra 2 --std 1 --pro 1 --json >"$work/node-$arch.json"
   want=$("$hostpy" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["socs"]))' "$work/node-$arch.json")
   mkdir -p "$sim/plugins"
   "$hostpy" -m qaic_device_plugin.sim.kubelet --plugin-dir "$sim/plugins" \

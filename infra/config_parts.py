@@ -1,7 +1,7 @@
 """Small parsers behind the stack-config model: label keys, tolerations, quantities.
 
 Constraints the plugin itself enforces (PCI addresses, SKU names) are not here: they come
-from ``qaic_device_plugin.contracts``, so the stack and the plugin accept the same values.
+from ``qaic_device_plugin.config.contracts``, so the stack and the plugin accept the same values.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ accepts. Loading and the cross-key checks are in :mod:`infra.config`; the plugin
 settings (its container environment, ``allocationApi``) are in :mod:`infra.settings_plugin`.
 
 Values the plugin validates itself (PCI addresses, SKU names) are checked with the plugin's
-own definitions from ``qaic_device_plugin.contracts``, so the two can never disagree.
+own definitions from ``qaic_device_plugin.config.contracts``, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from infra.config_parts import (
     parse_toleration,
 )
 from infra.settings_plugin import PluginSettings
-from qaic_device_plugin.contracts import RESOURCE_PREFIX, SKU_NAMES
+from qaic_device_plugin.config.contracts import RESOURCE_PREFIX, SKU_NAMES
 
 PROJECT = "qaic-k8s"
 #: The SKUs the stack's outputs and sample workloads name (the common AI 100 cards).

@@ -3,7 +3,7 @@ and the allocation API it runs with. :class:`infra.settings.StackSettings` exten
 with where the manifests go, the image, placement and the samples.
 
 Values the plugin validates itself (PCI addresses, SKU names) are checked with the plugin's
-own definitions from ``qaic_device_plugin.contracts``, so the two can never disagree.
+own definitions from ``qaic_device_plugin.config.contracts``, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from infra.config_parts import json_list
-from qaic_device_plugin.contracts import SKU_NAMES, parse_sku_overrides
+from qaic_device_plugin.config.contracts import SKU_NAMES, parse_sku_overrides
 
 _SKUS_TEXT = ", ".join(SKU_NAMES)
 _ABS_PATH = r"^/.*$"

@@ -1,4 +1,4 @@
-"""qaic_device_plugin.aio.wait_event: the waits the long-running loops are built on."""
+"""qaic_device_plugin.core.aio.wait_event: the waits the long-running loops are built on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from qaic_device_plugin.aio import wait_event
+from qaic_device_plugin.core.aio import wait_event
 
 
 async def test_wait_event_says_whether_the_event_came() -> None:

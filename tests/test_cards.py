@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qaic_device_plugin.backend import MultiSocPolicy, QaicResource
+from qaic_device_plugin.deviceplugin.backend import QaicResource
 from qaic_device_plugin.kubelet.types import Refusal, RefusalKind
 from qaic_device_plugin.qaic.cards import CardDecision, check_qids, guessed_cards, resolve_cards
 from qaic_device_plugin.qaic.inventory import Inventory, SocState
@@ -22,6 +22,7 @@ from qaic_device_plugin.qaic.model import (
     Soc,
 )
 from qaic_device_plugin.qaic.sku import SKU_TYPE_TEXT, resolve_skus
+from qaic_device_plugin.qaic.topology import MultiSocPolicy
 from qaic_device_plugin.sim.node import CardSpec, FakeNode
 
 SWITCH = "0000:01:00.0"

@@ -22,7 +22,7 @@ from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, 
 from lightkube.types import PatchType
 
 from e2e.apiserver import ApiServer, find_binaries
-from qaic_device_plugin.dra_backend import DRIVER_NAME, device_name
+from qaic_device_plugin.dra.backend import DRIVER_NAME, device_name
 from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from qaic_device_plugin.kubelet.dra.types import ClaimRef
 from qaic_device_plugin.qaic.model import Sku

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from qaic_device_plugin.fswatch import WatchStatus, watch_directory
+from qaic_device_plugin.config.settings import Settings
+from qaic_device_plugin.core.fswatch import WatchStatus, watch_directory
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.fingerprint import RescanGate, fingerprint
 from qaic_device_plugin.qaic.inventory import Inventory
-from qaic_device_plugin.qaic_util_poll import QaicUtilPolling
-from qaic_device_plugin.settings import Settings
+from qaic_device_plugin.scan.qaic_util_poll import QaicUtilPolling
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
@@ -173,8 +173,8 @@ async def test_watch_status_follows_the_directory_watch(tmp_path: Path) -> None:
 
 _PROBE = """
 import asyncio, json, sys
-from qaic_device_plugin.app import App
-from qaic_device_plugin.settings_load import load
+from qaic_device_plugin.deviceplugin.app import App
+from qaic_device_plugin.config.load import load
 
 async def main():
     App(load([]))

@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 
 from qaic_device_plugin import __version__
-from qaic_device_plugin.backend import QaicResource
+from qaic_device_plugin.deviceplugin.backend import QaicResource
 from qaic_device_plugin.kubelet.manager import ManagerObserver, PluginManager
 from qaic_device_plugin.observability.http import serve_http
 from qaic_device_plugin.observability.metrics import REACTION_BUCKETS, Metrics

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qaic_device_plugin.backend import MultiSocPolicy
+from qaic_device_plugin.config.load import build_parser, load
+from qaic_device_plugin.config.settings import Settings, SettingsError
 from qaic_device_plugin.qaic.model import Sku
-from qaic_device_plugin.settings import Settings, SettingsError
-from qaic_device_plugin.settings_load import build_parser, load
+from qaic_device_plugin.qaic.topology import MultiSocPolicy
 from qaic_device_plugin.sim.process import plugin_command
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from qaic_device_plugin.qaic.discovery import discover
 from qaic_device_plugin.qaic.model import Sku
-from qaic_device_plugin.sim.node import DEMO_CARDS, CardSpec, FakeNode, main
+from qaic_device_plugin.sim.node import DEMO_CARDS, CardSpec, FakeNode
+from qaic_device_plugin.sim.node_cli import main
 
 DEMO = list(DEMO_CARDS)
 
@@ -271,7 +272,7 @@ def test_ai080_device_id(tmp_path: Path) -> None:
 def test_cli_json(tmp_path: Path) -> None:
     root = tmp_path / "cli"
     res = subprocess.run(
-        [sys.executable, "-m", "qaic_device_plugin.sim.node", "--root", str(root), "--json"],
+        [sys.executable, "-m", "qaic_device_plugin.sim.node_cli", "--root", str(root), "--json"],
         capture_output=True,
         text=True,
         timeout=60,

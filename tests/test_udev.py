@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import pyudev
 
-from qaic_device_plugin.app import App
+from qaic_device_plugin.config.settings import Settings
+from qaic_device_plugin.deviceplugin.app import App
 from qaic_device_plugin.qaic.udev import (
     UdevEvent,
     UdevSource,
@@ -26,7 +27,6 @@ from qaic_device_plugin.qaic.udev import (
     open_monitor,
     relevant,
 )
-from qaic_device_plugin.settings import Settings
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 

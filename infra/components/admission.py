@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pulumi_kubernetes as k8s
 
-from qaic_device_plugin.contracts import RESOURCE_PREFIX
+from qaic_device_plugin.config.contracts import RESOURCE_PREFIX
 
 POLICY_NAME = "qaic-one-resource-per-container"
 

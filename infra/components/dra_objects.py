@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pulumi_kubernetes as k8s
 
-from qaic_device_plugin.contracts import SKU_NAMES
-from qaic_device_plugin.dra_backend import DRIVER_NAME
+from qaic_device_plugin.config.contracts import SKU_NAMES
+from qaic_device_plugin.dra.backend import DRIVER_NAME
 
 #: Attribute names the driver publishes per device (dra_backend.to_device).
 ATTR_SKU = "sku"

@@ -39,7 +39,7 @@ from infra.components.plugin_pod import (
     with_tmp,
 )
 from infra.settings import StackSettings
-from qaic_device_plugin.dra_backend import DRIVER_NAME
+from qaic_device_plugin.dra.backend import DRIVER_NAME
 
 REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
 PLUGINS_DIR = "/var/lib/kubelet/plugins"

@@ -18,7 +18,7 @@ from cluster.cluster import NODE_NAME, Cluster
 from cluster.inspect import container_view, pods
 from cluster.stack import Stack, cluster_for_tests
 from cluster.tools import missing_prerequisites
-from qaic_device_plugin.dra_backend import device_name
+from qaic_device_plugin.dra.backend import device_name
 from qaic_device_plugin.sim.node import FakeSoc
 from workloads.samples import QAIC_GROUP_ID, WORKLOAD_UID, show_command
 

@@ -1,5 +1,5 @@
 """Stack validation and plugin validation agree (issue 13 item 9): both come from
-qaic_device_plugin.contracts, and an override the stack passes is one the plugin loads."""
+qaic_device_plugin.config.contracts, and an override the stack passes is one the plugin loads."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from infra_harness import manifest, run_components
 
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.config import ConfigError, load_settings
-from qaic_device_plugin.contracts import SKU_NAMES
-from qaic_device_plugin.settings import SettingsError
-from qaic_device_plugin.settings_load import load
+from qaic_device_plugin.config.contracts import SKU_NAMES
+from qaic_device_plugin.config.load import load
+from qaic_device_plugin.config.settings import SettingsError
 
 OVERRIDES = [
     "0000:35:00.0=ultra",

@@ -21,8 +21,8 @@ from infra.components.dra_objects import (
     device_classes,
 )
 from infra.config import ConfigError, load_settings
-from qaic_device_plugin.contracts import SKU_NAMES
-from qaic_device_plugin.dra_backend import DRIVER_NAME, to_device
+from qaic_device_plugin.config.contracts import SKU_NAMES
+from qaic_device_plugin.dra.backend import DRIVER_NAME, to_device
 from qaic_device_plugin.qaic.inventory import Inventory
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.qaic.qaic_util import parse_qaic_util

@@ -25,7 +25,7 @@ import pytest
 from pydantic.fields import FieldInfo
 from reliability_harness import FULL, Report
 
-from qaic_device_plugin.settings import CONFIG_FILE_ENV, Settings
+from qaic_device_plugin.config.settings import CONFIG_FILE_ENV, Settings
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.process import plugin_command
 

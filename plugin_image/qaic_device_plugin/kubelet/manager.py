@@ -17,8 +17,8 @@ from typing import Any
 
 from grpc import aio
 
-from ..aio import wait_event
-from ..fswatch import Change, WatchStatus, watch_directory
+from ..core.aio import wait_event
+from ..core.fswatch import Change, WatchStatus, watch_directory
 from .registration import register
 from .server import PluginServer
 from .types import KUBELET_SOCKET, Backend, valid_extended_resource_name

@@ -6,6 +6,8 @@ from .model import Sku
 
 DOMAIN = "qualcomm.com"
 BASE = "qaic"
+#: The container environment variable the Cloud AI runtime reads: a comma list of QIDs.
+VISIBLE_DEVICES_ENV = "QAIC_VISIBLE_DEVICES"
 
 
 def resource_name(sku: Sku | None) -> str:

@@ -14,11 +14,23 @@ preference, then unknown available IDs (sorted) only if the known ones run short
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Placement", "cards_spanned", "preferred_allocation", "spread_replicas"]
+__all__ = [
+    "MultiSocPolicy",
+    "Placement",
+    "cards_spanned",
+    "preferred_allocation",
+    "spread_replicas",
+]
+
+
+class MultiSocPolicy(enum.StrEnum):
+    PREFER = "prefer"  # allow cross-card sets, log and count them
+    REQUIRE = "require"  # refuse cross-card sets at Allocate
 
 
 @dataclass(frozen=True, slots=True)

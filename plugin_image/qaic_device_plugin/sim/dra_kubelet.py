@@ -17,7 +17,7 @@ from pathlib import Path
 
 from grpc import aio
 
-from ..fswatch import watch_directory
+from ..core.fswatch import watch_directory
 from ..kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from ..kubelet.api.dra_health_v1 import api_pb2_grpc as health_grpc
 from ..kubelet.api.dra_v1 import api_pb2 as dra_pb

@@ -7,14 +7,13 @@ in on purpose: an Intel NPU holds accel0, and qaic accel numbers are not in PCI-
 order, so code that confuses accel numbers with QIDs fails here rather than on a customer's
 node.
 
-    python -m qaic_device_plugin.sim.node --root /tmp/node [--ultra 2 --std 1 --pro 1] [--json]
+    python -m qaic_device_plugin.sim.node_cli --root /tmp/node [--ultra 2 --std 1 --pro 1] [--json]
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +41,6 @@ __all__ = [
     "FakeNode",
     "FakeSoc",
     "Sku",
-    "main",
     "runtime_decimal_order",
 ]
 
@@ -225,14 +223,3 @@ class FakeNode(NodeFiles):
             self._save_state()
         new = {s.fn.address for s in planned}
         return [s for s in self.socs if s.pci_address in new]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI (sim/node_cli.py), importable from here as before."""
-    from .node_cli import main as cli
-
-    return cli(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

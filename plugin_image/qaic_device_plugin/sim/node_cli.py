@@ -1,4 +1,4 @@
-"""`python -m qaic_device_plugin.sim.node`: write a fake node and print what it holds."""
+"""`python -m qaic_device_plugin.sim.node_cli`: write a fake node and print what it holds."""
 
 from __future__ import annotations
 
@@ -75,3 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{s['card_id']:<14} {s['sku']:<6} {s['numa']}"
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from grpc import aio
 
-from ...aio import wait_event
-from ...fswatch import watch_directory
+from ...core.aio import wait_event
+from ...core.fswatch import watch_directory
 from ..api.dra_health_v1 import api_pb2_grpc as health_grpc
 from ..api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..api.pluginregistration_v1 import api_pb2_grpc as reg_grpc

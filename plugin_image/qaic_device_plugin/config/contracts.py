@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .qaic.model import Sku
-from .qaic.resources import BASE, DOMAIN, resource_name
+from ..qaic.model import Sku
+from ..qaic.resources import BASE, DOMAIN, resource_name
 
 #: A PCI function address as sysfs spells it: domain (4 to 8 hex digits), bus, device, function.
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, YamlConfigSettingsSource
 
-from . import __version__
+from .. import __version__
 from .settings import CONFIG_FILE_ENV, Settings, SettingsError
 
 

@@ -14,10 +14,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from .aio import wait_event
+from ..core.aio import wait_event
+from ..qaic.fingerprint import RescanGate
+from ..qaic.model import Soc
 from .held_socs import HeldSocs
-from .qaic.fingerprint import RescanGate
-from .qaic.model import Soc
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .backend import MultiSocPolicy
+from ..kubelet.manager import socket_name
+from ..qaic.model import Sku
+from ..qaic.resources import resource_name
+from ..qaic.topology import MultiSocPolicy
+from ..qaic.udev import UdevSource
 from .contracts import PCI_ADDRESS as _PCI_ADDRESS
-from .kubelet.manager import socket_name
-from .qaic.model import Sku
-from .qaic.resources import resource_name
-from .qaic.udev import UdevSource
 
 CONFIG_FILE_ENV = "QAIC_CONFIG_FILE"
 #: Resync ticks per full sysfs scan when QAIC_FULL_RESCAN_SECONDS is unset (5 min at 5 s): each

@@ -25,22 +25,22 @@ import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.resource_v1 import Device
 
-from .aio import wait_event
-from .dra_backend import DRIVER_NAME, QaicDraDriver, health_reports
-from .dra_settings import DraSettings
-from .fswatch import watch_directory
-from .kubelet.dra.checkpoint import Checkpoint
-from .kubelet.dra.claims import ApiClaimSource
-from .kubelet.dra.health import HealthFeed
-from .kubelet.dra.node import NodeService
-from .kubelet.dra.plugin import DraPlugin
-from .kubelet.dra.slices import SlicePublisher
-from .observability.sink import MetricsSink, metrics_for
-from .qaic.fingerprint import RescanGate
-from .qaic.inventory import Inventory, NodeState, log_health_changes
-from .qaic.model import Soc
-from .qaic_util_poll import QaicUtilPolling, paced_scan
-from .settings import Settings
+from ..config.settings import Settings
+from ..core.aio import wait_event
+from ..core.fswatch import watch_directory
+from ..kubelet.dra.checkpoint import Checkpoint
+from ..kubelet.dra.claims import ApiClaimSource
+from ..kubelet.dra.health import HealthFeed
+from ..kubelet.dra.node import NodeService
+from ..kubelet.dra.plugin import DraPlugin
+from ..kubelet.dra.slices import SlicePublisher
+from ..observability.sink import MetricsSink, metrics_for
+from ..qaic.fingerprint import RescanGate
+from ..qaic.inventory import Inventory, NodeState, log_health_changes
+from ..qaic.model import Soc
+from ..scan.qaic_util_poll import QaicUtilPolling, paced_scan
+from .backend import DRIVER_NAME, QaicDraDriver, health_reports
+from .settings import DraSettings
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ class DraApp:
         return None
 
     def _http(self) -> Coroutine[Any, Any, None]:
-        from .observability.http import serve_http_forever
-        from .observability.metrics import Metrics
+        from ..observability.http import serve_http_forever
+        from ..observability.metrics import Metrics
 
         assert isinstance(self.metrics, Metrics)  # metrics_for(port) made one
         return serve_http_forever(

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .settings import UNIX_PATH_MAX, SettingsError
+from ..config.settings import UNIX_PATH_MAX, SettingsError
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LONGEST_SOCKET = len("/qaic.qualcomm.com-reg.sock")

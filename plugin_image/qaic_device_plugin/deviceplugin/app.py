@@ -17,26 +17,26 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..config.settings import Settings
+from ..core.fswatch import watch_directory
+from ..core.supervise import until_stop_or_death
+from ..kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
+from ..kubelet.manager import PluginManager
+from ..observability.sink import MetricsSink, metrics_for
+from ..qaic.fingerprint import RescanGate
+from ..qaic.inventory import Inventory, NodeState, SocState, log_health_changes
+from ..qaic.model import Soc
+from ..qaic.resources import resource_name
+from ..qaic.statefile import StateFile, default_state_file
+from ..qaic.udev import UdevEvent, open_udev_watch
+from ..scan.qaic_util_poll import QaicUtilPolling, paced_scan
 from .backend import QaicResource
-from .fswatch import watch_directory
 from .held_socs import HeldSocs
-from .kubelet.checkpoint import CHECKPOINT_FILE, IssuedAllocations
-from .kubelet.manager import PluginManager
-from .observability.sink import MetricsSink, metrics_for
-from .qaic.fingerprint import RescanGate
-from .qaic.inventory import Inventory, NodeState, SocState, log_health_changes
-from .qaic.model import Soc
-from .qaic.resources import resource_name
-from .qaic.statefile import StateFile, default_state_file
-from .qaic.udev import UdevEvent, open_udev_watch
-from .qaic_util_poll import QaicUtilPolling, paced_scan
 from .safety_net import SafetyNet
-from .settings import Settings
-from .supervise import until_stop_or_death
 
 if TYPE_CHECKING:  # imported at run time only when their setting turns them on
-    from .qaic.cdi import CdiSpecFile
-    from .qaic.nfd import NfdFeatureFile
+    from ..qaic.cdi import CdiSpecFile
+    from ..qaic.nfd import NfdFeatureFile
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ class App:
         )
         self.nfd: NfdFeatureFile | None = None
         if settings.nfd_features_dir:
-            from .qaic.nfd import NfdFeatureFile
+            from ..qaic.nfd import NfdFeatureFile
 
             self.nfd = NfdFeatureFile(settings.nfd_features_dir)
         self.cdi: CdiSpecFile | None = None
         if settings.cdi_enabled:
-            from .qaic.cdi import CdiSpecFile
+            from ..qaic.cdi import CdiSpecFile
 
             self.cdi = CdiSpecFile(settings.cdi_dir)
         self.issued = IssuedAllocations(settings.device_plugin_dir / CHECKPOINT_FILE)
@@ -266,8 +266,8 @@ class App:
         manager_died = asyncio.create_task(self.manager.died(), name="plugin-manager")
         try:
             if s.metrics_port:  # optional: a port we cannot bind is retried, never fatal
-                from .observability.http import serve_http_forever
-                from .observability.metrics import Metrics
+                from ..observability.http import serve_http_forever
+                from ..observability.metrics import Metrics
 
                 assert isinstance(self.metrics, Metrics)  # metrics_for(port) made one
                 http = serve_http_forever(

@@ -25,16 +25,16 @@ from typing import Any, cast
 
 from lightkube.models.resource_v1 import Device
 
-from .backend import VISIBLE_DEVICES_ENV
-from .kubelet.dra.types import (
+from ..kubelet.dra.types import (
     AllocatedClaim,
     ClaimRef,
     DeviceHealthReport,
     PreparedDevice,
     PrepareError,
 )
-from .qaic.inventory import SocState
-from .qaic.nfd import remove_if_present, replace_if_changed
+from ..qaic.inventory import SocState
+from ..qaic.nfd import remove_if_present, replace_if_changed
+from ..qaic.resources import VISIBLE_DEVICES_ENV
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,13 @@ with shares, `<pci>::<n>` replicas.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from .kubelet.after_reply import after_reply
-from .kubelet.checkpoint import IssuedAllocations
-from .kubelet.feed import Feed
-from .kubelet.types import (
+from ..kubelet.after_reply import after_reply
+from ..kubelet.checkpoint import IssuedAllocations
+from ..kubelet.feed import Feed
+from ..kubelet.types import (
     ContainerAllocation,
     Device,
     DeviceSpec,
@@ -23,20 +22,18 @@ from .kubelet.types import (
     Refusal,
     RefusalKind,
 )
-from .qaic.cdi import cdi_device_name
-from .qaic.inventory import SocState
-from .qaic.resources import device_ids, soc_of
-from .qaic.topology import Placement, cards_spanned, preferred_allocation, spread_replicas
+from ..qaic.cdi import cdi_device_name
+from ..qaic.inventory import SocState
+from ..qaic.resources import VISIBLE_DEVICES_ENV, device_ids, soc_of
+from ..qaic.topology import (
+    MultiSocPolicy,
+    Placement,
+    cards_spanned,
+    preferred_allocation,
+    spread_replicas,
+)
 
 log = logging.getLogger(__name__)
-
-VISIBLE_DEVICES_ENV = "QAIC_VISIBLE_DEVICES"
-
-
-class MultiSocPolicy(enum.StrEnum):
-    PREFER = "prefer"  # allow cross-card sets, log and count them
-    REQUIRE = "require"  # refuse cross-card sets at Allocate
-
 
 class QaicResource:
     def __init__(

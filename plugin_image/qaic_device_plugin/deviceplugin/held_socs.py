@@ -7,14 +7,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .kubelet.podresources import (
+from ..kubelet.podresources import (
     DEFAULT_TIMEOUT_SECONDS,
     PodResourcesUnavailable,
     list_devices,
 )
-from .qaic.held import Holding, advertised_as, held_elsewhere, mark_held
-from .qaic.inventory import NodeState
-from .qaic.resources import is_ours
+from ..qaic.held import Holding, advertised_as, held_elsewhere, mark_held
+from ..qaic.inventory import NodeState
+from ..qaic.resources import is_ours
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ import logging
 import signal
 import sys
 
-from . import logs
-from .dra_settings import DraSettings, load_dra
-from .settings import Settings, SettingsError
+from ..config.settings import Settings, SettingsError
+from ..core import logs
+from .settings import DraSettings, load_dra
 
 
 async def _serve(settings: Settings, dra: DraSettings) -> int:
-    from .dra_app import DraApp, kube_client
+    from .app import DraApp, kube_client
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,14 +16,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from .aio import wait_event
-from .qaic.discovery import discover
-from .qaic.fingerprint import RescanGate
-from .qaic.health import Finding, Signal
-from .qaic.inventory import Inventory, NodeState, SocState
-from .qaic.model import QaicUtilEntry
-from .qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
-from .settings import Settings
+from ..config.settings import Settings
+from ..core.aio import wait_event
+from ..qaic.discovery import discover
+from ..qaic.fingerprint import RescanGate
+from ..qaic.health import Finding, Signal
+from ..qaic.inventory import Inventory, NodeState, SocState
+from ..qaic.model import QaicUtilEntry
+from ..qaic.qaic_util import QaicUtilError, QaicUtilFinder, QaicUtilUnusable, query_qaic_util
 
 log = logging.getLogger(__name__)
 
