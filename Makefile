@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml package.json
 	if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
-reliability: $(STAMP)  ## the reliability suite at the issue's full counts
+reliability: $(STAMP)  ## the reliability suite at its full counts
 	QAIC_RELIABILITY_FULL=1 $(BIN)/pytest -q -s -m reliability
 
-bench: $(STAMP)  ## every issue-6 figure next to its floor, then issue 11 side by side with the Go peer (~8 min); BENCH_ARGS=--record rewrites bench/results.json
+bench: $(STAMP)  ## every figure next to its floor, then side by side with the Go peer (~8 min); BENCH_ARGS=--record rewrites bench/results.json
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: $(STAMP)  ## ~10x smaller counts, side-by-side included: a smoke run for CI
