@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--record] [--side-by-side on|only|off]`: every figure of issue 6,
-then issue 11's side-by-side run with the Go peer (bench/sidebyside.py), tables and JSON.
+then issue 11's side-by-side run with the Go peer (bench/sidebyside/), tables and JSON.
 
 Timings are reported, never asserted: the exit code is 0 unless something broke (the plugin did
 not register, exited badly, or answered differently from the pure policy it runs). A machine
@@ -9,7 +9,6 @@ without Go (or root) prints "peer unavailable" and still reports our own side-by
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
@@ -23,16 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import live, peer, sbs_report, sbs_types, sidebyside
-from .quality import ADMISSIONS, MIX, node_placements, run_all
-from .quality_report import quality_markdown, quality_table
-from .rows import build_rows
-from .stats import markdown, table
+import grpc
+
+from bench.common.errors import BenchError
+from bench.live import job as live_job
+from bench.live.base import FULL, QUICK
+from bench.sidebyside import job as sidebyside_job
 
 HERE = Path(__file__).resolve().parent
 LATEST = HERE / "results" / "latest.json"
 RECORD = HERE / "results.json"
-SWEEP = (0.6, 0.85, 1.0)
 
 
 def _clean_environment() -> None:
@@ -69,8 +68,6 @@ def _machine() -> dict[str, Any]:
     commit = _git("rev-parse", "--short", "HEAD").strip()
     # The plugin runs from the checkout (editable install): say if it differs from the commit.
     dirty = _git("status", "--porcelain", "--", str(HERE.parent / "plugin_image")).splitlines()
-    import grpc
-
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
@@ -81,117 +78,6 @@ def _machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "commit": commit,
         "plugin_uncommitted_changes": [line[3:] for line in dirty if line.strip()],
-    }
-
-
-async def _run(
-    counts: live.Counts,
-    work: Path,
-    s: live.Samples,
-    preferred_inputs: dict[int, list[list[str]]],
-    crosscheck: list[tuple[list[str], int, list[str]]],
-) -> None:
-    floor = await live.FloorServer.start(work / "floor" / "floor.sock")
-    try:
-        await live.main_process(counts, work, s, floor, preferred_inputs, crosscheck)
-    finally:
-        await floor.stop()
-    await live.starts(counts, work, s)
-    s.mark_load("starts")
-    await live.shares(counts, work, s)
-    s.mark_load("shares")
-    for key, socs, shares in (
-        ("snap.floor", 1, 1),
-        ("snap.256", 256, 1),
-        ("snap.shares", live.SOCS, live.SHARES),
-    ):
-        await live.snapshot_send(counts, work, s, key, socs, shares)
-        if key != "snap.floor":
-            live.snapshot_build(counts, s, f"build.{key}", socs, shares)
-    s.mark_load("snapshots")
-
-
-def _issue6(
-    args: argparse.Namespace, counts: live.Counts, work: Path
-) -> tuple[dict[str, Any], bool]:
-    """Issue 6's figures: the plugin alone, each next to its floor."""
-    s = live.Samples()
-    ok = True
-    placements = node_placements(work / "plan")
-    loads = sorted({*SWEEP, args.load})
-    quality = {load: run_all(placements, args.seed, counts.quality_events, load) for load in loads}
-    head = quality[args.load]["prefer"]["ours"]
-    preferred_inputs: dict[int, list[list[str]]] = {1: [], 2: [], 4: []}
-    for available, size, _ in head.requests:
-        preferred_inputs[size].append(available)
-    s.mark_load("quality")
-    asyncio.run(_run(counts, work, s, preferred_inputs, head.requests))
-    if s.facts["crosscheck_mismatches"]:
-        ok = False
-        print(
-            f"BROKEN: the process answered {s.facts['crosscheck_mismatches']} of "
-            f"{s.facts['crosscheck_requests']} preferred-allocation requests differently "
-            "from preferred_allocation()",
-            file=sys.stderr,
-        )
-    rows = build_rows(s, counts, quality[args.load]["prefer"], args.load)
-    print()
-    print(table(rows))
-    print()
-    print(
-        f"allocation quality: 16 Ultra cards, {counts.quality_events:,} events, seed "
-        f"{args.seed}, job mix {MIX} (SoCs: weight), admission prefer | require"
-    )
-    print(quality_table(quality))
-    print()
-    print(
-        f"preferred-allocation cross-check: the process agreed on "
-        f"{s.facts['crosscheck_requests'] - s.facts['crosscheck_mismatches']} of "
-        f"{s.facts['crosscheck_requests']} requests"
-    )
-    if args.markdown:
-        print()
-        print(markdown(rows))
-        print()
-        print(quality_markdown(quality))
-    result = {
-        "rows": [r.to_json() for r in rows],
-        "quality": {
-            str(load): {adm: {n: o.to_json() for n, o in by[adm].items()} for adm in ADMISSIONS}
-            for load, by in quality.items()
-        },
-        "facts": s.facts,
-        "load_by_phase": s.load,
-    }
-    return result, ok
-
-
-def _side_by_side(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Issue 11's figures: ours and the Go peer on one node, one kubelet simulator."""
-    counts = sbs_types.SBS_QUICK if args.quick else sbs_types.SBS_FULL
-    found = peer.locate(build=not args.no_peer_build)
-    if found.path is None:
-        print(f"peer unavailable: {found.reason}; reporting our figures only", flush=True)
-    t0 = time.monotonic()
-    r = asyncio.run(sidebyside.run(counts, work, found))
-    rs = sbs_report.rows(r)
-    print()
-    print(sbs_report.table(rs, r.peer_status, r.peer_available))
-    print(sbs_report.profile(r, rs))
-    print(
-        f"side-by-side: {time.monotonic() - t0:.0f} s; load average now "
-        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    return {
-        "counts": counts.__dict__,
-        "peer": {"available": r.peer_available, "status": r.peer_status},
-        "rows": [x.to_json() for x in rs],
-        "ours": r.ours.__dict__,
-        "peer_figures": r.peer.__dict__,
-        "floor": r.floor.__dict__,
-        "import_profile": r.import_profile,
-        "threads_cpu": r.threads_cpu,
-        "rss_by_import": r.rss_by_import,
     }
 
 
@@ -223,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, trees)")
     args = p.parse_args(argv)
-    counts = live.QUICK if args.quick else live.FULL
+    counts = QUICK if args.quick else FULL
     _clean_environment()
     started = time.monotonic()
     meta: dict[str, Any] = {
@@ -248,13 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qaic-bench-"))
     result: dict[str, Any] = {"meta": meta}
     ok = True
+    # One job after another, each in its package (bench/<job>/job.py), each printing its tables
+    # and returning its part of the JSON; a further job is one more flag and one more call here.
     try:
         if args.side_by_side != "only":
-            issue6, ok = _issue6(args, counts, work)
+            issue6, ok = live_job.run(
+                counts, work, seed=args.seed, load=args.load, print_markdown=args.markdown
+            )
             result.update(issue6)
         if args.side_by_side != "off":
-            result["side_by_side"] = _side_by_side(args, work)
-    except live.BenchError as e:
+            result["side_by_side"] = sidebyside_job.run(
+                work, quick=args.quick, build_peer=not args.no_peer_build
+            )
+    except BenchError as e:
         print(f"BROKEN: {e}\nwork directory kept: {work}", file=sys.stderr)
         return 1
     meta["load_after"] = os.getloadavg()

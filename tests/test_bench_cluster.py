@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cluster import markdown, run, simulate
-from bench.quality import node_placements
+from bench.cluster.simulation import markdown, run, simulate
+from bench.quality.simulation import node_placements
 
 
 def test_dra_keeps_four_soc_jobs_on_one_card_and_runs_are_repeatable() -> None:

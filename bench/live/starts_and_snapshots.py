@@ -1,5 +1,6 @@
-"""Live figures at scale: process starts, shares (many device IDs per SoC) and ListAndWatch
-snapshots of large nodes, built and sent."""
+"""Live figures of size: process starts, shares (many device IDs per SoC, 1024 devices in every
+snapshot) and ListAndWatch snapshots of large nodes, built and sent through the plugin's own
+server (bench/live/snapshot_server.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pathlib import Path
 
 from grpc import aio
 
+from bench.common import procfs
+from bench.common.errors import BenchError
+from bench.common.floors import import_grpc_floor
+from bench.quality.simulation import ultra_cards
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2_grpc as pb_grpc
 from qaic_device_plugin.kubelet.convert import devices_to_pb
@@ -19,23 +24,11 @@ from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
-from . import procfs
-from .live_base import (
-    HERE,
-    QAIC,
-    SHARES,
-    SOCS,
-    ULTRA,
-    BenchError,
-    Counts,
-    Samples,
-    import_grpc_floor,
-    ultra_node_with_plugin,
-    wait_devices,
-)
-from .live_events import _flip
-from .quality import ultra_cards
+from .base import QAIC, SHARES, SOCS, ULTRA, Counts, Samples, ultra_node_with_plugin, wait_devices
+from .events import _flip
 from .snapshot_server import snapshot
+
+SNAPSHOT_SERVER = Path(__file__).resolve().with_name("snapshot_server.py")
 
 
 async def starts(counts: Counts, work: Path, out: Samples) -> None:
@@ -105,12 +98,12 @@ async def shares(counts: Counts, work: Path, out: Samples) -> None:
 async def snapshot_send(
     counts: Counts, work: Path, out: Samples, key: str, socs: int, shares: int
 ) -> None:
-    """bench/snapshot_server.py publishes snapshot k; we time publish -> received here."""
+    """bench/live/snapshot_server.py publishes snapshot k; we time publish -> received here."""
     sock = work / "snap" / f"{key}.sock"
     sock.parent.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(HERE / "snapshot_server.py"),
+        str(SNAPSHOT_SERVER),
         str(sock),
         "--socs",
         str(socs),

@@ -17,10 +17,11 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # bench/sidebyside/peer.py -> the checkout
 VERSION = "v0.36.0"
 RESOURCE = "npu.intel.com/accel"
 FIXED_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
@@ -61,8 +62,6 @@ def locate(*, build: bool = True) -> PeerBinary:
         return PeerBinary(None, f"not built ({binary} missing) and building was not asked for")
     if shutil.which("go") is None:
         return PeerBinary(None, "Go not found: cannot build it from the module proxy")
-    import time
-
     t0 = time.monotonic()
     print(f"building the Go peer ({VERSION}) once, into {binary.parent} ...", flush=True)
     done_proc = subprocess.run(

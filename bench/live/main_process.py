@@ -1,6 +1,7 @@
-"""The figures taken from the plugin process as deployed: the `qaic-device-plugin` console script
-on a fake 16-Ultra node, driven by the kubelet simulator over real Unix sockets, each next to a
-floor measured in the same run.
+"""The main live run: one `qaic-device-plugin` process (the console script, as deployed) on a fake
+16-Ultra node, driven by the kubelet simulator over real Unix sockets: RSS, Allocate and
+GetPreferredAllocation latency, the preferred-allocation cross-check, then the event figures
+(bench/live/events.py), each next to a floor measured in the same run.
 """
 
 from __future__ import annotations
@@ -10,36 +11,25 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.common import procfs
+from bench.common.errors import BenchError
+from bench.common.floors import FloorServer
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
 
-from . import procfs
-from .live_base import (
-    FULL,
-    MAX_MESSAGE,
-    QUICK,
-    RESYNC_SECONDS,
-    SHARES,
+from .base import (
     SOCS,
     ULTRA,
-    BenchError,
     Counts,
-    FloorServer,
     Samples,
     _alloc,
     _cards,
     _pref,
-    import_grpc_floor,
     ultra_node_with_plugin,
     wait_devices,
 )
-from .live_events import (
-    _flips,
-    _restarts,
-    _sysfs_signals,
-)
-from .live_scale import shares, snapshot_build, snapshot_send, starts
+from .events import _flips, _restarts, _sysfs_signals
 
 
 async def main_process(
@@ -154,24 +144,3 @@ async def _crosscheck(
             mismatches += 1
     out.facts["crosscheck_requests"] = len(requests)
     out.facts["crosscheck_mismatches"] = mismatches
-
-
-# What bench/cli.py, rows.py and the side-by-side take from here.
-__all__ = [
-    "FULL",
-    "MAX_MESSAGE",
-    "QUICK",
-    "RESYNC_SECONDS",
-    "SHARES",
-    "SOCS",
-    "BenchError",
-    "Counts",
-    "FloorServer",
-    "Samples",
-    "import_grpc_floor",
-    "main_process",
-    "shares",
-    "snapshot_build",
-    "snapshot_send",
-    "starts",
-]

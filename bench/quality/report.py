@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .quality import ADMISSIONS as ADMISSIONS
-from .quality import Admission, Outcome
+from .simulation import ADMISSIONS as ADMISSIONS
+from .simulation import Admission, Outcome
 
 POLICIES = ("ours", "kubelet-random", "kubelet-sorted", "first-fit")
 

@@ -4,7 +4,7 @@ The floor for Allocate/GetPreferredAllocation latency (an empty unary call over 
 socket, to another process) and for the plugin's RSS (a process that only imports grpcio and
 serves). Run as a script, so it imports nothing of this repository:
 
-    python bench/floor_server.py /tmp/x/floor.sock
+    python bench/common/floor_server.py /tmp/x/floor.sock
 """
 
 from __future__ import annotations

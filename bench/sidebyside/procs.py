@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+from bench.common import procfs
 from qaic_device_plugin.sim.node import FakeNode
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
-from . import procfs
 from .peer import PeerProcess
 
 
@@ -94,7 +96,10 @@ RSS_STEPS = (
     ("prometheus_client", "prometheus_client"),
     ("pyudev + asyncinotify", "pyudev,asyncinotify"),
     ("pydantic + pydantic_settings", "pydantic_settings"),
-    ("the plugin (app, settings, ...)", "qaic_device_plugin.__main__,qaic_device_plugin.app"),
+    (
+        "the plugin (app, settings, ...)",
+        "qaic_device_plugin.__main__,qaic_device_plugin.deviceplugin.app",
+    ),
 )
 _RSS_PROBE = """
 import importlib, sys
@@ -108,9 +113,6 @@ for step in sys.argv[1:]:
 
 def rss_by_import() -> list[tuple[str, float]]:
     """(step, MB it adds), measured in one fresh interpreter of the plugin's venv."""
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-c", _RSS_PROBE, *(m for _, m in RSS_STEPS)],
         capture_output=True,

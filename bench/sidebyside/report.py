@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .sbs_types import SideBySide
-from .stats import Dist
+from bench.common.stats import Dist
+
+from .model import SideBySide
 
 MS = 1e3
 

@@ -1,11 +1,12 @@
 """Cluster simulation: where do 4-SoC jobs land, device-plugin mode against DRA mode?
 
 8 nodes x 16 Ultra cards (4 SoCs each, 512 SoCs), `arrivals` jobs of 1, 2 or 4 SoCs (weights
-quality.MIX) arriving as a Poisson process with exponential lifetimes (mean 1 time unit, so
-waits are in mean job lifetimes); the offered load is `load` x 512 SoCs. A job that cannot be
-placed waits; pending jobs are retried in arrival order when a job leaves (kube-scheduler's
-unschedulable queue is flushed by pod deletions) and a later, smaller job may pass an earlier
-one (no reservation), as in kube-scheduler.
+bench.quality.simulation.MIX, the allocation-quality job's mix) arriving as a Poisson process
+with exponential lifetimes (mean 1 time unit, so waits are in mean job lifetimes); the offered
+load is `load` x 512 SoCs. A job that cannot be placed waits; pending jobs are retried in
+arrival order when a job leaves (kube-scheduler's unschedulable queue is flushed by pod
+deletions) and a later, smaller job may pass an earlier one (no reservation), as in
+kube-scheduler.
 
 Node choice (both modes): kube-scheduler's default NodeResourcesFit scoring is LeastAllocated
 over CPU and memory only (extended resources and DRA devices are not scored by default). Jobs
@@ -30,9 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.quality.simulation import MIX, node_placements
 from qaic_device_plugin.qaic.topology import Placement, preferred_allocation
-
-from .quality import MIX, node_placements
 
 NODES = 8
 MODES = ("device-plugin", "dra")
@@ -193,7 +193,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("waits in mean job lifetimes\n")
     print(markdown(result))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,12 @@
-"""What every live figure shares: the counts, the samples, the floors measured beside them, and
-the plugin process as deployed (bench/live.py takes the figures)."""
+"""What every live figure shares: the counts, the samples, the inotify floor measured beside the
+event figures, and the plugin process as deployed on the 16-Ultra node (bench/live/main_process.py
+and its siblings take the figures; the grpcio floors both jobs share are in bench/common)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -13,28 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from asyncinotify import Inotify, Mask
-from grpc import aio
 
+from bench.common.errors import BenchError
+from bench.quality.simulation import ultra_cards
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
-from qaic_device_plugin.settings import Settings
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode, FakeSoc
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
-from .floor_server import METHOD as FLOOR_METHOD
-from .quality import ultra_cards
-
-HERE = Path(__file__).resolve().parent
 ULTRA = "qualcomm.com/qaic-ultra"
 QAIC = "qualcomm.com/qaic"
 SOCS = 64
 SHARES = 16
-RESYNC_SECONDS = float(Settings.model_fields["resync_seconds"].default)
 MAX_MESSAGE = 4 * 1024 * 1024  # kubelet's gRPC client default receive limit
-
-
-class BenchError(Exception):
-    """Something broke (not slow: broken): the bench exits non-zero."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ QUICK = Counts(200, 20, 2_000, 20, 20, 1, 5, 2, 5, 20, 100, 1_000, 1_000, 1.0)
 
 @dataclass
 class Samples:
-    """Raw results (seconds, MB, bytes); bench/run.py turns them into rows."""
+    """Raw results (seconds, MB, bytes); bench/live/rows.py turns them into rows."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
@@ -71,50 +63,10 @@ class Samples:
         self.values.setdefault(key, []).append(value)
 
     def mark_load(self, phase: str) -> None:
-        import os
-
         self.load[phase] = os.getloadavg()
 
 
-# -- the floors ---------------------------------------------------------------------------
-
-
-class FloorServer:
-    """bench/floor_server.py as a subprocess: a bare grpcio server with an empty method."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, socket: Path) -> None:
-        self.proc = proc
-        self.socket = socket
-        self.channel = aio.insecure_channel(f"unix://{socket}")
-        self.call = self.channel.unary_unary(FLOOR_METHOD, None, None)
-
-    @classmethod
-    async def start(cls, socket: Path) -> FloorServer:
-        socket.parent.mkdir(parents=True, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HERE / "floor_server.py"),
-            str(socket),
-            stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = await proc.stdout.readline()
-        if line.strip() != b"ready":
-            raise BenchError(f"floor server did not start: {line!r}")
-        server = cls(proc, socket)
-        await asyncio.wait_for(server.channel.channel_ready(), 10)
-        return server
-
-    async def empty(self) -> None:
-        await self.call(b"", timeout=10)
-
-    async def stop(self) -> None:
-        await self.channel.close(None)
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
+# -- the inotify floor ----------------------------------------------------------------------
 
 
 async def _inotify_event(ino: Inotify, name: str, mask: Mask) -> None:
@@ -137,15 +89,6 @@ async def inotify_floor(ino: Inotify, probe: Path, out: Samples) -> None:
     probe.unlink()
     await _inotify_event(ino, probe.name, Mask.DELETE)
     out.add("floor.inotify", time.monotonic() - t0)
-
-
-async def import_grpc_floor(out: Samples) -> None:
-    t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import grpc")
-    rc = await proc.wait()
-    out.add("floor.import_grpc", time.monotonic() - t0)
-    if rc != 0:
-        raise BenchError(f"python -c 'import grpc' exited {rc}")
 
 
 # -- the plugin process ---------------------------------------------------------------------

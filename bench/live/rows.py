@@ -1,17 +1,21 @@
-"""The rows of issue 6's table: each figure from the plugin process next to its floor."""
+"""The rows of issue 6's table: each figure from the plugin process next to its floor, and the
+allocation-quality headline (bench/quality) at the run's offered load."""
 
 from __future__ import annotations
 
-from . import live
-from .quality import Outcome
-from .stats import Dist, Row
+from bench.common.plugin_defaults import RESYNC_SECONDS
+from bench.common.stats import Dist
+from bench.quality.simulation import Outcome
+
+from .base import MAX_MESSAGE, Counts, Samples
+from .table import Row
 
 MS = 1e3
 KIB = 1 / 1024
 
 
 def _latency_row(
-    s: live.Samples, key: str, figure: str, target: str, *, floor: str | None, limit: str
+    s: Samples, key: str, figure: str, target: str, *, floor: str | None, limit: str
 ) -> Row:
     """`limit`: how `target` is judged: "ratio<=X" (median ratio), "median<=X" or "p99<=X" (ms)."""
     value = Dist.of(s.values[key], MS)
@@ -41,9 +45,7 @@ def _latency_row(
     )
 
 
-def build_rows(
-    s: live.Samples, counts: live.Counts, quality: dict[str, Outcome], load: float
-) -> list[Row]:
+def build_rows(s: Samples, counts: Counts, quality: dict[str, Outcome], load: float) -> list[Row]:
     f = s.facts
     rows = [
         _latency_row(
@@ -110,7 +112,7 @@ def build_rows(
         _latency_row(
             s,
             "sysfs.down",
-            f"sysfs-only reset signal -> snapshot (rescan {live.RESYNC_SECONDS:g} s)",
+            f"sysfs-only reset signal -> snapshot (rescan {RESYNC_SECONDS:g} s)",
             "p99 <= 250 ms",
             floor="floor.inotify",
             limit="p99<=250",
@@ -218,8 +220,8 @@ def build_rows(
                 "KiB",
                 Dist.single(nbytes * KIB),
                 "far under 4 MiB (<= 10%)",
-                nbytes <= live.MAX_MESSAGE / 10,
-                note=f"{100 * nbytes / live.MAX_MESSAGE:.2f}% of 4 MiB",
+                nbytes <= MAX_MESSAGE / 10,
+                note=f"{100 * nbytes / MAX_MESSAGE:.2f}% of 4 MiB",
             )
         )
     rows.append(

@@ -12,22 +12,14 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
+from bench.common.errors import BenchError
+from bench.common.plugin_defaults import RESYNC_SECONDS
 from qaic_device_plugin.kubelet.types import HEALTHY, UNHEALTHY
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode, FakeSoc
 from qaic_device_plugin.sim.process import PluginProcess
 
-from .live_base import (
-    RESYNC_SECONDS,
-    SOCS,
-    ULTRA,
-    BenchError,
-    Counts,
-    Samples,
-    _health,
-    inotify_floor,
-    wait_devices,
-)
+from .base import SOCS, ULTRA, Counts, Samples, _health, inotify_floor, wait_devices
 
 
 async def _flip(
@@ -140,6 +132,3 @@ async def _restarts(
         out.add("restart.register", reg.at - started)
         await wait_devices(kubelet, plugin, ULTRA, SOCS, timeout=30)
         await asyncio.sleep(0.05)
-
-
-# -- process start -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ numbers), so this serves the same code the process runs with devices made up her
 stdout; CLOCK_MONOTONIC is shared by all processes, so the reader's receive time minus that
 is build + send + receive.
 
-    python bench/snapshot_server.py SOCKET --socs 256 --shares 1
+    python bench/live/snapshot_server.py SOCKET --socs 256 --shares 1
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Issue 11, side by side: our plugin and the Go peer (bench/peer.py) on one fake node, served by
-one kubelet simulator, measured in one run and interleaved, each next to the floors of that run.
+"""Issue 11, side by side: our plugin and the Go peer (bench/sidebyside/peer.py) on one fake node,
+served by one kubelet simulator, measured in one run and interleaved, each next to the floors of
+that run.
 
 Ours runs as the DaemonSet ships it: /metrics on, udev on (source `kernel`: this machine has no
 udevd, and raw uevents are what a node without /run/udev gets), qaic-util on (the fake node's),
 every period at its default. Nothing is switched off to look better. Figures are reported,
-never judged pass/fail here; bench/sbs_report.py turns them into rows with ratios.
+never judged pass/fail here; bench/sidebyside/report.py turns them into rows with ratios.
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from pathlib import Path
 
 from grpc import aio
 
+from bench.common.errors import BenchError
+from bench.common.floors import FloorServer, import_grpc_floor
+from bench.common.plugin_defaults import RESYNC_SECONDS
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2 as pb
 from qaic_device_plugin.kubelet.api import deviceplugin_pb2_grpc as pb_grpc
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import DEMO_CARDS, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess
 
-from .live import RESYNC_SECONDS, BenchError, FloorServer, import_grpc_floor
+from .events import flips, restarts
+from .model import OURS_RESOURCE, SbsCounts, Side, SideBySide, last_reg, regs
 from .peer import RESOURCE as PEER_RESOURCE
 from .peer import PeerBinary, PeerProcess
-from .sbs_events import flips, restarts
-from .sbs_procs import Pair, cpu_seconds, rss, rss_by_import, thread_cpu
-from .sbs_types import OURS_RESOURCE, SbsCounts, Side, SideBySide, last_reg, regs
+from .procs import Pair, cpu_seconds, rss, rss_by_import, thread_cpu
+
+PB_FLOOR_SERVER = Path(__file__).resolve().with_name("pb_floor_server.py")
 
 
 async def _timed_start(
@@ -64,9 +69,9 @@ async def starts(pair: Pair, kubelet: KubeletSim, n: int, out: SideBySide) -> No
 
 
 async def import_grpc_floor_into(side: Side) -> None:
-    from .live import Samples
-
-    s = Samples()
+    """The shared floor records under "floor.import_grpc"; the side-by-side JSON has always
+    called it "import_grpc", so it is taken into a scratch Side and renamed."""
+    s = Side()
     await import_grpc_floor(s)
     side.add("import_grpc", s.values["floor.import_grpc"][0])
 
@@ -162,7 +167,8 @@ async def allocates(
     pb_floor: pb_grpc.DevicePluginStub,
 ) -> None:
     """Allocate of one device on each plugin next to an empty grpcio call and a constant-reply
-    protobuf servicer's Allocate (bench/pb_floor_server.py), interleaved; then RSS after."""
+    protobuf servicer's Allocate (bench/sidebyside/pb_floor_server.py), interleaved; then RSS
+    after."""
     mine = [
         pb.AllocateRequest(
             container_requests=[pb.ContainerAllocateRequest(devices_ids=[s.pci_address])]
@@ -205,10 +211,10 @@ async def allocates(
 
 @contextlib.asynccontextmanager
 async def pb_floor_server(sock: Path) -> AsyncIterator[pb_grpc.DevicePluginStub]:
-    """bench/pb_floor_server.py as a subprocess, and a stub for it."""
+    """bench/sidebyside/pb_floor_server.py as a subprocess, and a stub for it."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(Path(__file__).with_name("pb_floor_server.py")),
+        str(PB_FLOOR_SERVER),
         str(sock),
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,

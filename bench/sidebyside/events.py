@@ -10,13 +10,13 @@ import random
 import stat
 import time
 
+from bench.common.errors import BenchError
 from qaic_device_plugin.kubelet.types import HEALTHY, UNHEALTHY
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import FakeNode
 
-from .live import BenchError
+from .model import OURS_RESOURCE, SbsCounts, SideBySide, all_more, last_reg, regs
 from .peer import RESOURCE as PEER_RESOURCE
-from .sbs_types import OURS_RESOURCE, SbsCounts, SideBySide, all_more, last_reg, regs
 
 
 def _health(k: KubeletSim, resource: str, device: str) -> str | None:
