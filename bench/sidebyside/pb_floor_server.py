@@ -8,7 +8,6 @@ them and ours says where an Allocate miss comes from. Run as a script:
     python bench/sidebyside/pb_floor_server.py /tmp/x/pb.sock
 """
 
-# mypy: disallow-subclassing-any=False
 # (the servicer base class comes from the untyped grpc stubs; pyproject.toml's override still
 # names this module by its old path, bench.pb_floor_server)
 
