@@ -22,12 +22,12 @@ from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, 
 from lightkube.types import PatchType
 
 from e2e.apiserver import ApiServer, find_binaries
-from qaic_device_plugin.dra.backend import DRIVER_NAME, device_name
+from qaic_device_plugin.dra.backend import DRIVER_NAME, TAINT_UNHEALTHY, device_name
 from qaic_device_plugin.kubelet.api.dra_health_v1 import api_pb2 as health_pb
 from qaic_device_plugin.kubelet.dra.types import ClaimRef
 from qaic_device_plugin.qaic.model import Sku
 from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
-from qaic_device_plugin.sim.node import CardSpec, FakeNode
+from qaic_device_plugin.sim.node import CardSpec, FakeNode, FakeSoc
 from qaic_device_plugin.sim.process import PluginProcess, node_env
 
 pytestmark = [
@@ -275,3 +275,95 @@ async def test_kubelet_health_stream_follows_the_node(
     node.restore_device_node(bad.pci_address)
     await until(lambda h: h[name].health == health_pb.HEALTHY)
     await stream.aclose()
+
+
+async def allocated_claim(
+    client: AsyncClient, name: str, socs: list[FakeSoc], **result: Any
+) -> ClaimRef:
+    """A claim for `socs`, allocated through the status subresource as the scheduler writes
+    it; `result` adds fields to every result (tolerations, adminAccess)."""
+    created = await client.create(ResourceClaim.from_dict({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "socs", "exactly": {
+            "deviceClassName": DRIVER_NAME, "count": len(socs)}}]}},
+    }))
+    assert created.metadata is not None and created.metadata.uid is not None
+    results = [{"request": "socs", "driver": DRIVER_NAME, "pool": NODE,
+                "device": device_name(s.pci_address), **result} for s in socs]
+    await client.patch(ResourceClaimStatus, name,
+                       {"status": {"allocation": {"devices": {"results": results}}}},
+                       namespace="default", patch_type=PatchType.MERGE)
+    return ClaimRef("default", created.metadata.uid, name)
+
+
+def spec_nodes(dirs: Path, uid: str) -> dict[str, str]:
+    """CDI device `<uid>-<device>` of the claim's spec -> its device node."""
+    spec = json.loads((dirs / "cdi" / f"{DRIVER_NAME}-claim_{uid}.json").read_text())
+    return {d["name"].removeprefix(f"{uid}-"): n["path"]
+            for d in spec["devices"] for n in d["containerEdits"]["deviceNodes"]}
+
+
+def soc_nodes(socs: list[FakeSoc]) -> dict[str, str]:
+    return {device_name(s.pci_address): f"/dev/accel/accel{s.accel_index}" for s in socs}
+
+
+async def test_node_reboot_prepare_again_rebuilds_the_spec_for_the_new_accel_nodes(
+    api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path
+) -> None:
+    """Operator situation: a node reboot, with the real process. The checkpoint (under the
+    plugins dir) survives, the CDI dir (a tmpfs) comes back empty, and the qaic driver's
+    asynchronous probe hands the card's SoCs other /dev/accel/accelN. The restarted driver
+    answers kubelet's repeated prepare with the same devices and CDI IDs, and the spec is
+    there again naming the new device nodes; the claim is not read from the API again."""
+    await client.apply(Node(metadata=ObjectMeta(name=NODE)), field_manager="test")
+    card = [s for s in node.socs if s.card_id == node.socs[0].card_id]
+    ref = await allocated_claim(client, "rebooted", card)
+    env = dra_env(api, node, dirs)
+    async with DraKubeletSim(dirs / "registry") as kubelet:
+        async with PluginProcess(env, tmp_path / "before.log") as before_reboot:
+            await kubelet.wait_registered(DRIVER_NAME, timeout=20)
+            first = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid]
+            assert first.error == "", before_reboot.log_text()[-3000:]
+            assert spec_nodes(dirs, ref.uid) == soc_nodes(card)
+        shutil.rmtree(dirs / "cdi")
+        node.reload_driver(probe_order=[s.pci_address for s in node.socs])
+        moved = [s for s in node.socs if s.card_id == card[0].card_id]
+        assert not soc_nodes(moved).items() & soc_nodes(card).items()
+        async with PluginProcess(env, tmp_path / "after.log") as after_reboot:
+            try:
+                await kubelet.wait_registered(DRIVER_NAME, count=2, timeout=20)
+                again = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid]
+                assert again == first
+                assert spec_nodes(dirs, ref.uid) == soc_nodes(moved)
+                assert after_reboot.events("dra_reprepared")
+                assert (await kubelet.unprepare(DRIVER_NAME, [ref])).claims[ref.uid].error == ""
+            finally:
+                print(after_reboot.log_text()[-3000:])
+    await client.delete(ResourceClaim, "rebooted", namespace="default")
+
+
+async def test_a_claim_tolerating_the_unhealthy_taint_gets_the_unhealthy_soc(
+    running: tuple[PluginProcess, DraKubeletSim], client: AsyncClient, node: FakeNode
+) -> None:
+    """The allocation's tolerations and adminAccess, as a real API server returns them, let
+    prepare hand out a tainted SoC; a claim without them is refused naming the SoC."""
+    _, kubelet = running
+    sick = node.socs[-3:]
+    for s in sick:
+        node.remove_device_node(s.pci_address)
+    names = {device_name(s.pci_address) for s in sick}
+    await wait_devices(client, lambda d: all(d.get(n, {}).get("taints") for n in names))
+    tolerant = await allocated_claim(client, "tolerant", sick[:1], tolerations=[
+        {"key": TAINT_UNHEALTHY, "operator": "Exists", "effect": "NoSchedule"}])
+    admin = await allocated_claim(client, "admin", sick[1:2], adminAccess=True)
+    strict = await allocated_claim(client, "strict", sick[2:])
+    resp = await kubelet.prepare(DRIVER_NAME, [tolerant, admin, strict])
+    assert resp.claims[tolerant.uid].error == ""
+    assert resp.claims[admin.uid].error == ""
+    error = resp.claims[strict.uid].error
+    host = f"/dev/accel/accel{sick[2].accel_index}"
+    assert f"SoC {sick[2].pci_address} ({host}) is unhealthy" in error
+    assert f"tolerate the taint {TAINT_UNHEALTHY}" in error and str(node.dev_root) not in error
+    await kubelet.unprepare(DRIVER_NAME, [tolerant, admin, strict])
+    for name in ("tolerant", "admin", "strict"):
+        await client.delete(ResourceClaim, name, namespace="default")

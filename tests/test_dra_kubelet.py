@@ -27,6 +27,8 @@ from qaic_device_plugin.kubelet.dra.types import (
     DeviceHealthReport,
     PreparedDevice,
     PrepareError,
+    Toleration,
+    base_request,
 )
 from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
 
@@ -45,10 +47,23 @@ class Claims:
                 B,
                 (
                     AllocatedDevice("r1", "node-1", "dev-1"),
-                    AllocatedDevice("r2", "node-1", "dev-2"),
+                    AllocatedDevice(
+                        "r2", "node-1", "dev-2",
+                        tolerations=(Toleration("example.com/hot", "Exists", "", "NoSchedule"),),
+                    ),
                 ),
             ),
         }
+
+    @classmethod
+    def none(cls) -> Claims:
+        claims = cls()
+        claims.allocated = {}
+        return claims
+
+    def allocate(self, ref: ClaimRef, *devices: AllocatedDevice) -> ClaimRef:
+        self.allocated[ref.uid] = AllocatedClaim(ref, devices)
+        return ref
 
     async def get(self, ref: ClaimRef) -> AllocatedClaim:
         if ref.uid not in self.allocated:
@@ -59,10 +74,12 @@ class Claims:
 class Driver:
     def __init__(self) -> None:
         self.prepared: list[str] = []
+        self.allocations: list[AllocatedClaim] = []
         self.unprepared: list[tuple[str, tuple[str, ...]]] = []
 
     async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
         self.prepared.append(claim.ref.uid)
+        self.allocations.append(claim)
         return [
             PreparedDevice((d.request,), d.pool, d.device, (f"example.com/gpu={d.device}",))
             for d in claim.devices
@@ -79,10 +96,10 @@ def dirs() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def make_plugin(dirs: Path, driver: Driver) -> DraPlugin:
+def make_plugin(dirs: Path, driver: Driver, claims: Claims | None = None) -> DraPlugin:
     checkpoint = Checkpoint(dirs / "plugins" / DRIVER / "checkpoint.json")
     checkpoint.load()
-    node = NodeService(driver, Claims(), checkpoint)
+    node = NodeService(driver, claims or Claims(), checkpoint)
     return DraPlugin(
         DRIVER,
         node,
@@ -158,7 +175,7 @@ async def test_sockets_appear_already_listening(dirs: Path) -> None:
                         break
         finally:
             await plugin.close()
-    final = [(n, m) for n, m in seen if not n.startswith(".")]
+    final = [(n, m) for n, m in seen if not n.startswith(".") and n.endswith(".sock")]
     assert final == [("dra.sock", Mask.MOVED_TO), (f"{DRIVER}-reg.sock", Mask.MOVED_TO)], seen
 
 
@@ -199,8 +216,10 @@ async def test_prepare_unprepare_idempotent(
         assert list(b.devices[0].cdi_device_ids) == ["example.com/gpu=dev-1"]
         assert "not allocated" in resp.claims[unknown.uid].error
         again = await kubelet.prepare(DRIVER, [A, B])
-        assert again.claims[B.uid] == b  # answered from the checkpoint ...
-        assert driver.prepared == [A.uid, B.uid]  # ... without preparing twice
+        assert again.claims[B.uid] == b  # the same answer, the same devices ...
+        # ... and the driver prepared them again (node-local state may be gone: a reboot)
+        assert driver.prepared == [A.uid, B.uid, A.uid, B.uid]
+        assert driver.allocations[2:] == driver.allocations[:2]
 
         un = await kubelet.unprepare(DRIVER, [A])
         assert un.claims[A.uid].error == ""
@@ -220,17 +239,162 @@ async def test_prepared_claims_survive_a_plugin_restart(dirs: Path, kubelet: Dra
     await plugin.close()
 
     second = Driver()
-    plugin = make_plugin(dirs, second)
+    plugin = make_plugin(dirs, second, Claims.none())  # the API server is not asked again
     await plugin.start()
     try:
         await kubelet.wait_registered(DRIVER, count=2)
         after = await kubelet.prepare(DRIVER, [B])
         assert after.claims[B.uid] == before.claims[B.uid]
-        assert second.prepared == []
+        assert second.allocations == first.allocations  # the checkpointed allocation
         await kubelet.unprepare(DRIVER, [B])
         assert second.unprepared == [(B.uid, ("dev-1", "dev-2"))]  # devices from the checkpoint
         doc = json.loads((dirs / "plugins" / DRIVER / "checkpoint.json").read_text())
         assert doc == {"version": 1, "claims": {}}
+    finally:
+        await plugin.close()
+
+
+async def test_a_checkpoint_from_before_allocations_were_kept_still_prepares_again(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    """Operator situation: the driver is upgraded on a node with prepared claims, then the
+    node reboots. Entries written without `allocated` are prepared again from their devices."""
+    path = dirs / "plugins" / DRIVER / "checkpoint.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": 1, "claims": {A.uid: {
+        "namespace": A.namespace, "name": A.name, "devices": [{
+            "requests": ["req"], "pool": "node-1", "device": "dev-0",
+            "cdiDeviceIDs": ["example.com/gpu=dev-0"]}]}}}))
+    driver = Driver()
+    plugin = make_plugin(dirs, driver, Claims.none())
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER)
+        resp = await kubelet.prepare(DRIVER, [A])
+        assert resp.claims[A.uid].error == ""
+        assert driver.allocations == [
+            AllocatedClaim(A, (AllocatedDevice("req", "node-1", "dev-0"),))]
+    finally:
+        await plugin.close()
+
+
+async def test_claim_source_reads_admin_access_and_tolerations() -> None:
+    """What the scheduler decided per result and the driver must honour too: adminAccess and
+    the taints the allocation tolerates (claims.py over a ResourceClaim as the API returns it;
+    the client is a stand-in here, test_dra_e2e.py reads a real API server)."""
+    from lightkube.resources.resource_v1 import ResourceClaim
+
+    from qaic_device_plugin.kubelet.dra.claims import ApiClaimSource
+
+    ref = ClaimRef("ns", "uid-1", "c")
+    claim = ResourceClaim.from_dict({
+        "metadata": {"name": "c", "namespace": "ns", "uid": "uid-1"},
+        "spec": {"devices": {"requests": []}},
+        "status": {"allocation": {"devices": {"results": [
+            {"request": "socs/ultra", "driver": DRIVER, "pool": "p", "device": "d0",
+             "tolerations": [{"key": "example.com/hot", "operator": "Exists",
+                              "effect": "NoSchedule"}, {"key": "k", "value": "v"}]},
+            {"request": "mon", "driver": DRIVER, "pool": "p", "device": "d1",
+             "adminAccess": True},
+            {"request": "x", "driver": "other.example.com", "pool": "p", "device": "d2"},
+        ]}}},
+    })
+
+    class Client:
+        async def get(self, *args: object, **kw: object) -> ResourceClaim:
+            return claim
+
+    got = await ApiClaimSource(Client(), DRIVER).get(ref)  # type: ignore[arg-type]
+    assert got == AllocatedClaim(ref, (
+        AllocatedDevice("socs/ultra", "p", "d0", tolerations=(
+            Toleration("example.com/hot", "Exists", "", "NoSchedule"),
+            Toleration("k", "Equal", "v", ""))),
+        AllocatedDevice("mon", "p", "d1", admin_access=True),
+    ))
+
+
+def test_toleration_matching_follows_the_api() -> None:
+    """DeviceToleration.ToleratesTaint: empty key or effect match any; Exists any value;
+    Equal (the default) only the same value."""
+    from qaic_device_plugin.kubelet.dra.types import Taint
+
+    taint = Taint("qaic.qualcomm.com/unhealthy", "ras", "NoSchedule")
+    assert Toleration("", "Exists").tolerates(taint)
+    assert Toleration("qaic.qualcomm.com/unhealthy", "Exists").tolerates(taint)
+    assert Toleration("qaic.qualcomm.com/unhealthy", "Equal", "ras").tolerates(taint)
+    assert Toleration("qaic.qualcomm.com/unhealthy", "", "ras", "NoSchedule").tolerates(taint)
+    assert not Toleration("qaic.qualcomm.com/unhealthy", "Equal", "sysfs").tolerates(taint)
+    assert not Toleration("qaic.qualcomm.com/unhealthy", "Exists", "", "NoExecute").tolerates(taint)
+    assert not Toleration("other", "Exists").tolerates(taint)
+    assert AllocatedDevice("r", "p", "d", admin_access=True).tolerates(taint)
+    assert not AllocatedDevice("r", "p", "d").tolerates(taint)
+
+
+def test_base_request_strips_the_subrequest() -> None:
+    assert base_request("socs/ultra") == "socs"
+    assert base_request("socs") == "socs"
+
+
+async def test_a_subrequest_goes_to_kubelet_as_its_parent_request(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    """A `firstAvailable` result names `<request>/<subrequest>`; kubelet matches a container's
+    `claims[].request` (always the parent) against the request names prepare returns, so
+    `socs/ultra` gave the container no device at all. The checkpoint keeps the full name."""
+    claims = Claims.none()
+    prio = claims.allocate(ClaimRef("ns", "uid-p", "prio"),
+                           AllocatedDevice("socs/ultra", "node-1", "dev-0"),
+                           AllocatedDevice("other", "node-1", "dev-1"))
+    plugin = make_plugin(dirs, Driver(), claims)
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER)
+        for _ in range(2):  # prepared, then prepared again from the checkpoint
+            resp = await kubelet.prepare(DRIVER, [prio])
+            got = resp.claims[prio.uid]
+            assert got.error == ""
+            assert [list(d.request_names) for d in got.devices] == [["socs"], ["other"]]
+        doc = json.loads((dirs / "plugins" / DRIVER / "checkpoint.json").read_text())
+        assert doc["claims"][prio.uid]["devices"][0]["requests"] == ["socs/ultra"]
+    finally:
+        await plugin.close()
+
+
+async def test_a_device_prepared_for_one_claim_is_refused_to_another(
+    dirs: Path, kubelet: DraKubeletSim
+) -> None:
+    """Last line of defence: the scheduler never allocates one device to two claims, but if
+    it happens (a stale checkpoint entry, a bug elsewhere) the second prepare fails naming
+    both claims instead of two pods sharing it silently. adminAccess allocations, and those
+    with a shareID (consumable capacity), may share a device; after unprepare it is free."""
+    claims = Claims.none()
+    first = claims.allocate(A, AllocatedDevice("req", "node-1", "dev-0"))
+    second = claims.allocate(ClaimRef("other", "uid-c", "claim-c"),
+                             AllocatedDevice("req", "node-1", "dev-9"),
+                             AllocatedDevice("req", "node-1", "dev-0"))
+    admin = claims.allocate(ClaimRef("ns", "uid-m", "monitor"),
+                            AllocatedDevice("req", "node-1", "dev-0", admin_access=True))
+    shared = claims.allocate(ClaimRef("ns", "uid-s", "shared"),
+                             AllocatedDevice("req", "node-1", "dev-5", share_id="s1"))
+    shared_too = claims.allocate(ClaimRef("ns", "uid-t", "shared-too"),
+                                 AllocatedDevice("req", "node-1", "dev-5", share_id="s2"))
+    driver = Driver()
+    plugin = make_plugin(dirs, driver, claims)
+    await plugin.start()
+    try:
+        await kubelet.wait_registered(DRIVER)
+        resp = await kubelet.prepare(DRIVER, [first, second, admin, shared, shared_too])
+        assert resp.claims[first.uid].error == ""
+        assert resp.claims[second.uid].error == (
+            "prepare other/claim-c: device node-1/dev-0 is already prepared for claim "
+            "ns/claim-a (UID uid-a); it cannot be given to claim other/claim-c as well. Both "
+            "were allocated the same device: unprepare or delete the pod of one of them"
+        )
+        assert second.uid not in driver.prepared
+        for ok in (admin, shared, shared_too):
+            assert resp.claims[ok.uid].error == "", ok
+        await kubelet.unprepare(DRIVER, [first])
+        assert (await kubelet.prepare(DRIVER, [second])).claims[second.uid].error == ""
     finally:
         await plugin.close()
 

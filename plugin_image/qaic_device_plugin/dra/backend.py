@@ -9,28 +9,39 @@ by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn. The sa
 goes to kubelet's dra-health stream (`health_reports`), which shows it in the status of the
 pods that hold the SoC, with the reasons as its message.
 
+`cardID` is a card only where that is proven (qaic-util's SKU, or QAIC_SKU_OVERRIDES): four
+single-SoC cards behind a server board's PCIe switch look exactly like an Ultra card in sysfs,
+so an unproven grouping publishes each SoC's own address, and `matchAttribute: cardID` is
+never satisfied by a guess (device-plugin mode's NFD label does the same).
+
 Preparing a claim writes one transient CDI spec, `qaic.qualcomm.com-claim_<uid>.json`, with one
 CDI device per SoC (its /dev/accel node) and the spec-wide `QAIC_VISIBLE_DEVICES` listing all
 the claim's QIDs, so SoCs of two SKUs in one claim are all visible (unlike two device-plugin
-resources, whose variables collide).
+resources, whose variables collide). It is written from the SoCs as they are now every time,
+also for a claim prepared before (after a reboot the spec is gone and accel numbers may have
+moved), and says the lowest CDI version it needs. An unhealthy SoC is prepared only for an
+allocation that tolerates its taint or has adminAccess, as the scheduler would allocate it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from lightkube.models.resource_v1 import Device
 
+from ..core.cdi_version import minimum_version
 from ..kubelet.dra.types import (
     AllocatedClaim,
     ClaimRef,
     DeviceHealthReport,
     PreparedDevice,
     PrepareError,
+    Taint,
 )
 from ..qaic.inventory import SocState
 from ..qaic.nfd import remove_if_present, replace_if_changed
@@ -39,7 +50,6 @@ from ..qaic.resources import VISIBLE_DEVICES_ENV
 log = logging.getLogger(__name__)
 
 DRIVER_NAME = "qaic.qualcomm.com"  # DNS subdomain, like dra-example-driver's gpu.example.com
-CDI_VERSION = "0.6.0"
 CDI_KIND = f"{DRIVER_NAME}/claim"
 STANDARD = "resource.kubernetes.io/"
 TAINT_UNHEALTHY = f"{DRIVER_NAME}/unhealthy"
@@ -50,20 +60,33 @@ def device_name(pci: str) -> str:
     return "soc-" + pci.lower().replace(":", "-").replace(".", "-")
 
 
+def unhealthy_taint(state: SocState) -> Taint | None:
+    """The taint an unhealthy SoC is published with (its first finding's signal as value)."""
+    if state.healthy:
+        return None
+    return Taint(TAINT_UNHEALTHY, state.findings[0].signal.value, "NoSchedule")
+
+
+def card_id(state: SocState) -> str:
+    """The SoC's card where it is proven, else the SoC's own address (a card of its own)."""
+    soc = state.soc
+    return soc.card_id if soc.card_certain else soc.pci_address
+
+
 def to_device(state: SocState) -> Device:
     soc = state.soc
     attrs: dict[str, dict[str, Any]] = {
         "sku": {"string": state.sku.sku.value},
-        "cardID": {"string": soc.card_id},
+        "cardID": {"string": card_id(state)},
         "qid": {"int": soc.qid},
         STANDARD + "pciBusID": {"string": soc.pci_address},
     }
     if soc.numa_node is not None:  # the standard says: no attribute without NUMA affinity
         attrs[STANDARD + "numaNode"] = {"int": soc.numa_node}
+    taint = unhealthy_taint(state)
     taints = None
-    if not state.healthy:
-        first = state.findings[0]
-        taints = [{"key": TAINT_UNHEALTHY, "value": first.signal.value, "effect": "NoSchedule"}]
+    if taint is not None:
+        taints = [{"key": taint.key, "value": taint.value, "effect": taint.effect}]
     raw = {"name": device_name(soc.pci_address), "attributes": attrs, "taints": taints}
     return cast(Device, Device.from_dict(raw))
 
@@ -104,17 +127,14 @@ class QaicDraDriver:
             state = self._socs.get(d.device)
             if state is None:
                 raise PrepareError(f"device {d.device} is not on this node (any more)")
-            if not state.healthy:
-                why = "; ".join(f.detail for f in state.findings)
-                raise PrepareError(
-                    f"device {d.device} ({state.soc.accel_name}) is unhealthy: {why}"
-                )
+            taint = unhealthy_taint(state)
+            if taint is not None and not d.tolerates(taint):
+                raise PrepareError(self._unhealthy(state))
             chosen.append((d.request, d.device, state))
         if not chosen:
             return []
         qids = ",".join(str(q) for q in sorted({s.soc.qid for _, _, s in chosen}))
-        spec = {
-            "cdiVersion": CDI_VERSION,
+        body: dict[str, Any] = {
             "kind": CDI_KIND,
             "containerEdits": {"env": [f"{VISIBLE_DEVICES_ENV}={qids}"]},
             "devices": [
@@ -127,6 +147,7 @@ class QaicDraDriver:
                 for _, name, s in sorted(chosen, key=lambda c: c[1])
             ],
         }
+        spec = {"cdiVersion": minimum_version(body), **body}
         path = cdi_spec_path(self.cdi_dir, uid)
         replace_if_changed(path, json.dumps(spec, indent=2) + "\n")
         log.info(
@@ -137,6 +158,20 @@ class QaicDraDriver:
             PreparedDevice((req,), self.node_name, name, (f"{CDI_KIND}={uid}-{name}",))
             for req, name, _ in chosen
         ]
+
+    @staticmethod
+    def _unhealthy(state: SocState) -> str:
+        """Which SoC (PCI address and device node as on the host), why, and what to do."""
+        soc = state.soc
+        host = f"/dev/{soc.dev_relpath}"
+        # Findings name the node where this process sees it (QAIC_DEV_ROOT, /host/dev in the
+        # DaemonSet); the operator looks on the host.
+        mounted = re.compile(r"\S*/" + re.escape(soc.dev_relpath) + r"(?![0-9])")
+        why = "; ".join(f"{f.signal.value}: {mounted.sub(host, f.detail)}" for f in state.findings)
+        return (
+            f"SoC {soc.pci_address} ({host}) is unhealthy: {why}. Delete the pod to get "
+            f"another SoC, or tolerate the taint {TAINT_UNHEALTHY} in the claim"
+        )
 
     async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
         if remove_if_present(cdi_spec_path(self.cdi_dir, ref.uid)):

@@ -4,6 +4,11 @@ One JSON file, written atomically (temp file, fsync, rename, fsync of the direct
 every change and before kubelet hears the answer. A file that cannot be read, or has another
 version, is logged and set aside (`.bad`), never fatal: kubelet re-sends prepare for claims
 that still matter, and prepare is idempotent.
+
+Each claim also keeps the allocation it was prepared from (`allocated`: request, pool,
+device, shareID, adminAccess, tolerations), so a prepare sent again after a reboot re-runs the
+driver for the same devices without the API server. The field is optional (version 1 still):
+files written before it existed load, and their claims are rebuilt from `devices`.
 """
 
 from __future__ import annotations
@@ -15,11 +20,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .types import ClaimRef, PreparedClaim, PreparedDevice
+from .types import AllocatedDevice, ClaimRef, PreparedClaim, PreparedDevice, Toleration
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
+
+
+def _encode_allocated(d: AllocatedDevice) -> dict[str, Any]:
+    out: dict[str, Any] = {"request": d.request, "pool": d.pool, "device": d.device}
+    if d.share_id is not None:
+        out["shareID"] = d.share_id
+    if d.admin_access:
+        out["adminAccess"] = True
+    if d.tolerations:
+        out["tolerations"] = [
+            {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}
+            for t in d.tolerations
+        ]
+    return out
+
+
+def _decode_allocated(d: dict[str, Any]) -> AllocatedDevice:
+    return AllocatedDevice(
+        request=str(d["request"]),
+        pool=str(d["pool"]),
+        device=str(d["device"]),
+        share_id=d.get("shareID"),
+        admin_access=bool(d.get("adminAccess", False)),
+        tolerations=tuple(
+            Toleration(str(t["key"]), str(t["operator"]), str(t["value"]), str(t["effect"]))
+            for t in d.get("tolerations", ())
+        ),
+    )
 
 
 def _encode(c: PreparedClaim) -> dict[str, Any]:
@@ -36,6 +69,7 @@ def _encode(c: PreparedClaim) -> dict[str, Any]:
             }
             for d in c.devices
         ],
+        "allocated": [_encode_allocated(d) for d in c.allocated],
     }
 
 
@@ -50,7 +84,10 @@ def _decode(uid: str, raw: dict[str, Any]) -> PreparedClaim:
         )
         for d in raw["devices"]
     )
-    return PreparedClaim(ClaimRef(str(raw["namespace"]), uid, str(raw["name"])), devices)
+    allocated = tuple(_decode_allocated(d) for d in raw.get("allocated", ()))
+    return PreparedClaim(
+        ClaimRef(str(raw["namespace"]), uid, str(raw["name"])), devices, allocated
+    )
 
 
 class Checkpoint:

@@ -1,16 +1,19 @@
 """Read a ResourceClaim's allocation from the API server, as kubeletplugin's helper does.
 
 kubelet sends only (namespace, name, UID). The claim must exist, carry that UID (not a
-replacement of the same name) and be allocated; of its results we keep our driver's.
+replacement of the same name) and be allocated; of its results we keep our driver's, with what
+the scheduler decided for each that the driver must honour too: adminAccess and the taints the
+allocation tolerates.
 """
 
 from __future__ import annotations
 
 import httpx2
 from lightkube import ApiError, AsyncClient
+from lightkube.models.resource_v1 import DeviceToleration
 from lightkube.resources.resource_v1 import ResourceClaim
 
-from .types import AllocatedClaim, AllocatedDevice, ClaimRef, PrepareError
+from .types import AllocatedClaim, AllocatedDevice, ClaimRef, PrepareError, Toleration
 
 
 class ApiClaimSource:
@@ -33,8 +36,19 @@ class ApiClaimSource:
             raise PrepareError("claim not allocated")
         results = allocation.devices.results if allocation.devices else None
         devices = tuple(
-            AllocatedDevice(r.request, r.pool, r.device, r.shareID)
+            AllocatedDevice(
+                r.request,
+                r.pool,
+                r.device,
+                r.shareID,
+                admin_access=bool(r.adminAccess),
+                tolerations=tuple(_toleration(t) for t in r.tolerations or ()),
+            )
             for r in results or ()
             if r.driver == self._driver
         )
         return AllocatedClaim(ref, devices)
+
+
+def _toleration(t: DeviceToleration) -> Toleration:
+    return Toleration(t.key or "", t.operator or "Equal", t.value or "", t.effect or "")

@@ -1,13 +1,13 @@
 """The two gRPC services kubelet calls: Registration (plugin watcher) and the DRA v1 node service.
 
-They only translate between protobuf and the plain types; preparing lives in node.NodeState.
+They only translate between protobuf and the plain types; preparing lives in node.NodeService.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from grpc import aio
@@ -17,7 +17,7 @@ from ..api.dra_v1 import api_pb2_grpc as dra_grpc
 from ..api.pluginregistration_v1 import api_pb2 as reg_pb
 from ..api.pluginregistration_v1 import api_pb2_grpc as reg_grpc
 from .node import NodeService
-from .types import PLUGIN_TYPE, ClaimRef, PreparedDevice
+from .types import PLUGIN_TYPE, ClaimRef, PreparedDevice, base_request
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):
             supported_versions=list(services),
         )
         self.registered = asyncio.Event()  # set on kubelet's positive NotifyRegistrationStatus
+        # Called on every positive status, re-registrations too: a restarted kubelet wipes
+        # the node's ResourceSlices, so the driver publishes them again at once.
+        self.on_registered: list[Callable[[], None]] = []
 
     async def GetInfo(
         self, request: reg_pb.InfoRequest, context: aio.ServicerContext[Any, Any]
@@ -45,6 +48,8 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):
         if request.plugin_registered:
             log.info("registered with kubelet", extra={"event": "dra_registered"})
             self.registered.set()
+            for listener in self.on_registered:
+                listener()
         else:
             log.error(
                 "kubelet refused the registration",
@@ -59,8 +64,11 @@ def _refs(claims: Sequence[dra_pb.Claim]) -> list[ClaimRef]:
 
 
 def _device(d: PreparedDevice) -> dra_pb.Device:
+    """Request names go out as the parent request, as kubeletplugin's stripSubrequestNames
+    does: kubelet matches them against a container's `claims[].request`, so `socs/ultra` (a
+    `firstAvailable` choice) would give the container nothing."""
     out = dra_pb.Device(
-        request_names=list(d.requests),
+        request_names=list(dict.fromkeys(base_request(r) for r in d.requests)),
         pool_name=d.pool,
         device_name=d.device,
         cdi_device_ids=list(d.cdi_ids),

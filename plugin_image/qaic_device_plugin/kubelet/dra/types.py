@@ -37,14 +37,70 @@ class ClaimRef:
     name: str
 
 
+def base_request(request: str) -> str:
+    """`socs/ultra` -> `socs`: the request a container names (resourceclaim.BaseRequestRef).
+
+    A result allocated from a prioritized list (`firstAvailable`) names the subrequest that
+    was chosen, `<request>/<subrequest>`; kubelet hands a container the devices whose request
+    names contain the container's `claims[].request`, which is always the parent.
+    """
+    return request.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    """A device taint as a driver publishes it (resource.k8s.io/v1 DeviceTaint)."""
+
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    """One `results[].tolerations` entry (resource.k8s.io/v1 DeviceToleration)."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+    def tolerates(self, taint: Taint) -> bool:
+        """The API's matching rule (DeviceToleration.ToleratesTaint): an empty key or effect
+        matches any; `Exists` matches any value, `Equal` (the default) only the same one."""
+        if self.effect and self.effect != taint.effect:
+            return False
+        if self.key and self.key != taint.key:
+            return False
+        if self.operator == "Exists":
+            return True
+        return self.operator in ("", "Equal") and self.value == taint.value
+
+
 @dataclass(frozen=True, slots=True)
 class AllocatedDevice:
     """One `status.allocation.devices.results` entry for our driver."""
 
-    request: str
+    request: str  # as allocated: `<request>` or `<request>/<subrequest>`
     pool: str
     device: str
     share_id: str | None = None
+    admin_access: bool = False
+    tolerations: tuple[Toleration, ...] = ()
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether no other claim may hold this device while it is prepared for this one.
+
+        adminAccess allocations (monitoring, diagnostics) coexist with anybody; a result with
+        a shareID was allocated from a device's consumable capacity, which the scheduler
+        accounts for, so such devices are shareable. Everything else is one claim's alone.
+        """
+        return not self.admin_access and self.share_id is None
+
+    def tolerates(self, taint: Taint) -> bool:
+        """May this allocation use a device with `taint`? adminAccess may use any device."""
+        return self.admin_access or any(t.tolerates(taint) for t in self.tolerations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +122,26 @@ class PreparedDevice:
 
 @dataclass(frozen=True, slots=True)
 class PreparedClaim:
+    """A prepared claim as the checkpoint keeps it: the driver's answer, and the allocation it
+    was prepared from, so a later prepare can re-run the driver for the same devices without
+    the API server, and adminAccess is known when another claim wants the same device."""
+
     ref: ClaimRef
     devices: tuple[PreparedDevice, ...]
+    allocated: tuple[AllocatedDevice, ...] = ()
+
+    def allocation(self) -> AllocatedClaim:
+        """The allocation to prepare again; an entry written before `allocated` was kept is
+        rebuilt from the devices (no adminAccess, no tolerations: as it was then)."""
+        if self.allocated:
+            return AllocatedClaim(self.ref, self.allocated)
+        return AllocatedClaim(
+            self.ref,
+            tuple(
+                AllocatedDevice(d.requests[0] if d.requests else "", d.pool, d.device, d.share_id)
+                for d in self.devices
+            ),
+        )
 
 
 class PrepareError(Exception):
@@ -82,7 +156,13 @@ class ClaimSource(Protocol):
 
 class DraDriver(Protocol):
     async def prepare(self, claim: AllocatedClaim) -> Sequence[PreparedDevice]:
-        """Make the devices usable (e.g. write a CDI spec); raise PrepareError to refuse."""
+        """Make the devices usable (e.g. write a CDI spec); raise PrepareError to refuse.
+
+        Also called for a claim that is already prepared (kubelet sends prepare again after
+        a node reboot or its own restart), with the same allocation: node-local state such as
+        a CDI spec on a tmpfs, or device node numbers, may have changed since, so it must be
+        made again from the node as it is now, not assumed to be there.
+        """
         ...
 
     async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
