@@ -262,6 +262,28 @@ def test_a_claim_for_two_skus_sees_all_of_its_socs(cluster: Cluster, stack: Stac
     assert sorted(s.sku.value for s in socs) == ["pro", "std"]
 
 
+def test_a_prioritized_list_request_reaches_the_container(cluster: Cluster, stack: Stack) -> None:
+    """`firstAvailable` (DRAPrioritizedList, GA in 1.37): request `socs` is one Ultra SoC, else
+    any SoC. The scheduler writes `socs/ultra` in the result; the container names
+    `request: socs`, and kubelet gives it the devices whose request names contain `socs`, so
+    the driver must answer with the parent request (before, the container got no device)."""
+    claim_obj = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                 "metadata": {"name": "first-available", "namespace": NS},
+                 "spec": {"devices": {"requests": [{"name": "socs", "firstAvailable": [
+                     {"name": "ultra", "deviceClassName": f"ultra.{DRIVER}", "count": 1},
+                     {"name": "any", "deviceClassName": DRIVER, "count": 1}]}]}}}
+    pod = claim_pod("first-available", "first-available")
+    pod["spec"]["containers"][0]["resources"]["claims"] = [{"name": "socs", "request": "socs"}]
+    create_claim_then_pod(cluster, claim_obj, pod)
+    await_running(cluster, "first-available")
+    results = cluster.get("resourceclaim", "-n", NS, "first-available")[
+        "status"]["allocation"]["devices"]["results"]
+    assert [r["request"] for r in results] == ["socs/ultra"]
+    [soc] = check_view(cluster, cluster.get("pod", "-n", NS, "first-available"))
+    assert soc.sku.value == "ultra"
+    cluster.kubectl("delete", "pod,resourceclaim", "-n", NS, "first-available", "--wait=true")
+
+
 def test_prepared_claims_survive_a_driver_restart(cluster: Cluster, stack: Stack) -> None:
     uid = claim_uid(cluster, "two-skus")
     assert cdi_spec(uid).exists()
