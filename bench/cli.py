@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--record] [--side-by-side on|only|off]`: every figure of issue 6,
 then issue 11's side-by-side run with the Go peer (bench/sidebyside/), tables and JSON.
+`python -m bench scale [...]`: the scale run with kwok nodes (bench/scale/job.py).
 
 Timings are reported, never asserted: the exit code is 0 unless something broke (the plugin did
 not register, exited badly, or answered differently from the pure policy it runs). A machine
@@ -27,6 +28,7 @@ import grpc
 from bench.common.errors import BenchError
 from bench.live import job as live_job
 from bench.live.base import FULL, QUICK
+from bench.scale import job as scale_job
 from bench.sidebyside import job as sidebyside_job
 
 HERE = Path(__file__).resolve().parent
@@ -82,6 +84,9 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scale"]:  # the scale run (bench/scale/): a command of its own
+        return scale_job.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="about 10x fewer runs (CI smoke, ~1 min)")
     p.add_argument(

@@ -222,6 +222,33 @@ build_intel_npu_plugin() {
   touch "$out/.done"
 }
 
+# kwok, the fake-node controller `python -m bench scale` runs (issue 22): a wrapper module
+# requiring sigs.k8s.io/kwok (REAL_PARTS.md section 5), a static binary, plus one --config
+# file of the Stage objects that ship in the module (v0.8.0 exits "no stages found" without
+# them): fast node init + heartbeat, fast pod ready/complete/delete. Not in the default set:
+# the scale bench asks for it (bench/scale/kwok.py), e2e does not need it.
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+build_kwok() {
+  local out="$TOOLS/kwok-$KWOK_VERSION"
+  [ -f "$out/.done" ] && return 0
+  log "kwok $KWOK_VERSION from the module proxy (~1.5 min)"
+  local m="sigs.k8s.io/kwok"
+  local w="$TOOLS/.build/kwok"; wrapper "$w" "$m@$KWOK_VERSION"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/kwok"\n' "$m" > "$w/tools.go"
+  mkdir -p "$out/bin"
+  (cd "$w" && go mod tidy >/dev/null 2>&1 || go mod tidy
+   go build -mod=mod -trimpath -ldflags "-s -w" -o "$out/bin/kwok" "$m/cmd/kwok")
+  local src; src=$(moddir_of "$m@$KWOK_VERSION")/kustomize/stage
+  local f first=1
+  : > "$out/stages.yaml"
+  for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [ "$first" = 1 ] || echo "---" >> "$out/stages.yaml"
+    first=0; cat "$src/$f" >> "$out/stages.yaml"
+  done
+  touch "$out/.done"
+}
+
 components=("$@"); [ ${#components[@]} -gt 0 ] || components=(kubernetes etcd containerd pulumi pulumi_kubernetes)
 for c in "${components[@]}"; do
   t=$(date +%s); "build_$c"; log "$c ready ($(( $(date +%s) - t )) s)"

@@ -1,0 +1,116 @@
+"""`python -m bench scale [--quick]` (also `python -m bench.scale`, `make bench-scale`): the scale
+run of docs/benchmarks.md. For each node count, device-plugin mode then DRA mode, each on a
+fresh real control plane with kwok's fake nodes; a table of both modes side by side (DRA /
+device-plugin ratios next to the absolutes), the JSON, and a plot against node count.
+
+Figures are reported, never judged: the exit code is 1 only when something broke (a process
+exited, nodes never got Ready, a watch failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common.errors import BenchError
+
+from . import kwok, measure, plot, report
+from .publishers import discover
+
+HERE = Path(__file__).resolve().parent
+LATEST = HERE.parent / "results" / "scale.json"
+FULL = measure.Plan(nodes=(100, 300, 1000), loads=(0.6, 0.85, 1.0), churn_rate=5.0,
+                    churn_seconds=60.0, fill_timeout=900.0, client_qps=None, seed=22)
+QUICK = measure.Plan(nodes=(20,), loads=(0.85,), churn_rate=4.0, churn_seconds=15.0,
+                     fill_timeout=120.0, client_qps=None, seed=22)
+MODES = (False, True)  # dra?
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE,
+                          check=False, timeout=30)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _meta(plan: measure.Plan, kw: kwok.Kwok) -> dict[str, Any]:
+    slices = "plugin_image/qaic_device_plugin/kubelet/dra/slices.py"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "slices_py_uncommitted": bool(_git("status", "--porcelain", "--", f":(top){slices}")),
+        "nproc": len(os.sched_getaffinity(0)),
+        "load_before": os.getloadavg(),
+        "plan": plan.__dict__,
+        "kwok": f"{kwok.VERSION} ({kw.how})",
+    }
+
+
+def run(plan: measure.Plan, work: Path, *, build: bool = True) -> dict[str, Any]:
+    """Every node count, both modes; prints the table as it goes; returns the JSON."""
+    kw = kwok.locate(build=build)
+    layout = asyncio.run(discover())
+    out: dict[str, Any] = {"meta": _meta(plan, kw), "runs": []}
+    print(f"scale: {plan.nodes} nodes x {layout.socs} SoCs, loads {plan.loads}, "
+          f"kwok {kwok.VERSION} ({kw.how}), client QPS "
+          f"{plan.client_qps or 'component defaults'}", flush=True)
+    for n in plan.nodes:
+        for dra in MODES:
+            t0 = time.monotonic()
+            mode = "dra" if dra else "device-plugin"
+            r = measure.run(n, dra, plan, kw, layout, work / f"{n}-{mode}")
+            r["seconds"] = round(time.monotonic() - t0, 1)
+            out["runs"].append(r)
+            print(report.one_line(r), flush=True)
+    out["meta"]["load_after"] = os.getloadavg()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="20 nodes, one load (a ~2 min smoke)")
+    p.add_argument("--nodes", type=int, nargs="+", help="node counts (default 100 300 1000)")
+    p.add_argument("--loads", type=float, nargs="+", help="loads (default 0.6 0.85 1.0)")
+    p.add_argument("--churn-seconds", type=float, help="seconds held at each load")
+    p.add_argument("--client-qps", type=float,
+                   help="kube-scheduler and kube-controller-manager client QPS (burst 2x); "
+                        "default: the components' own defaults")
+    p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
+    p.add_argument("--no-build", action="store_true", help="never build kwok (e2e/tools.sh)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = p.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    changes = {k: v for k, v in (("nodes", tuple(args.nodes or ())),
+                                 ("loads", tuple(args.loads or ())),
+                                 ("churn_seconds", args.churn_seconds),
+                                 ("client_qps", args.client_qps)) if v}
+    plan = measure.Plan(**{**plan.__dict__, **changes})
+    work = Path(tempfile.mkdtemp(prefix="qaic-scale-"))
+    started = time.monotonic()
+    try:
+        result = run(plan, work, build=not args.no_build)
+    except BenchError as e:
+        print(f"BROKEN: {e}\nwork directory kept: {work}")
+        return 1
+    result["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(report.table(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {args.json}")
+    drawn = plot.draw(result, args.json.with_suffix(".svg"))
+    print(f"wrote {drawn}")
+    if args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0

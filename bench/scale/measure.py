@@ -1,0 +1,177 @@
+"""One scale run: N kwok nodes in one mode on a fresh control plane, from empty to each load.
+
+Order: control plane + kwok; the namespace; N nodes created and Ready (device-plugin mode: the
+extended resource checked in status after kwok's init, and again at the end); DRA mode: the
+DeviceClasses, the claim templates, every node's SlicePublisher syncing once (writes at start)
+and once more with nothing changed (writes per idle period); then per load a fill and a churn;
+DRA mode: a last idle resync after all the claim traffic. CPU and RSS of each process are read
+at every phase boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common.errors import BenchError
+
+from . import control_plane, kwok, manifests, procstat, summary
+from .kube import Kube
+from .load import Load
+from .publishers import NodeLayout, Publishers, slice_requests
+from .tracker import Tracker, placements
+
+Json = dict[str, Any]
+NODE_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: tuple[int, ...]
+    loads: tuple[float, ...]
+    churn_rate: float  # departures per second
+    churn_seconds: float
+    fill_timeout: float
+    client_qps: float | None  # None: the components' default client rate limits
+    seed: int
+
+
+async def _nodes(kube: Kube, names: list[str], socs: int, dra: bool, timeout: float) -> float:
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(NODE_CONCURRENCY)
+
+    async def one(name: str) -> None:
+        async with sem:
+            await kube.create("/api/v1/nodes", manifests.node(name, socs, extended=not dra))
+
+    await asyncio.gather(*(one(n) for n in names))
+    while True:
+        items = (await kube.list("/api/v1/nodes", labelSelector="type=kwok"))["items"]
+        ready = sum(1 for i in items for c in i["status"].get("conditions") or ()
+                    if c["type"] == "Ready" and c["status"] == "True")
+        if ready >= len(names):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise BenchError(f"{ready}/{len(names)} kwok nodes Ready after {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def _extended_ok(kube: Kube, socs: int) -> Json:
+    """Device-plugin mode: does the extended resource stay in status once kwok manages it?"""
+    items = (await kube.list("/api/v1/nodes", labelSelector="type=kwok"))["items"]
+    have = [i["status"].get("allocatable", {}).get(manifests.RESOURCE) for i in items]
+    return {"nodes": len(items), "with_resource": sum(1 for h in have if h == str(socs))}
+
+
+async def _watch(kube: Kube, path: str, handle: Callable[[str, Json], None]) -> None:
+    rv = (await kube.list(path, limit="1"))["metadata"]["resourceVersion"]
+    async for kind, obj in kube.watch(path, rv):
+        handle(kind, obj)
+
+
+async def _slices(kube: Kube, pubs: Publishers, n: int) -> Json:
+    """Writes and reads of resourceslices per node: first sync, idle resync."""
+    out: Json = {}
+    before = slice_requests(await kube.text("/metrics"))
+    for label in ("start", "idle"):
+        seconds = await pubs.sync_all()
+        after = slice_requests(await kube.text("/metrics"))
+        out[label] = {"writes_per_node": (after["writes"] - before["writes"]) / n,
+                      "reads_per_node": (after["reads"] - before["reads"]) / n,
+                      "seconds": round(seconds, 2)}
+        before = after
+    return out
+
+
+async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, plan: Plan,
+               layout: NodeLayout) -> Json:
+    kube = Kube(cp.api.url, cp.api.token)
+    tracker = Tracker(placements([d.to_dict() for d in layout.devices]), dra)
+    names = [f"kwok-{i:04d}" for i in range(n)]
+    result: Json = {"nodes": n, "mode": "dra" if dra else "device-plugin", "phases": {}}
+    readings: list[tuple[str, procstat.Reading]] = [("start", procstat.read(cp.pids))]
+    watches: list[asyncio.Task[None]] = []
+    pubs: Publishers | None = None
+    try:
+        await kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                 "metadata": {"name": manifests.NAMESPACE}})
+        result["nodes_ready_s"] = round(await _nodes(kube, names, layout.socs, dra, 300), 2)
+        for name in names:
+            tracker.add_node(name)
+        if dra:
+            for obj in manifests.classes():
+                await kube.create("/apis/resource.k8s.io/v1/deviceclasses", obj)
+            for size in sorted({1, 2, 4}):
+                await kube.create(f"/apis/resource.k8s.io/v1/namespaces/{manifests.NAMESPACE}"
+                                  "/resourceclaimtemplates", manifests.claim_template(size))
+            pubs = Publishers(cp.api.kubeconfig, names, layout)
+            result["slices"] = await _slices(kube, pubs, n)
+            await asyncio.sleep(2.0)  # the scheduler's informer has the slices
+        else:
+            result["extended_resource_after_init"] = await _extended_ok(kube, layout.socs)
+        readings.append(("setup", procstat.read(cp.pids)))
+        ns = f"namespaces/{manifests.NAMESPACE}"
+        watches.append(asyncio.create_task(_watch(kube, f"/api/v1/{ns}/pods", tracker.on_pod)))
+        if dra:
+            watches.append(asyncio.create_task(_watch(
+                kube, f"/apis/resource.k8s.io/v1/{ns}/resourceclaims", tracker.on_claim)))
+        load = Load(kube, tracker, dra=dra, seed=plan.seed)
+        total = n * layout.socs
+
+        async def step(label: str, work: Awaitable[Any]) -> None:
+            await work
+            for w in watches:
+                if w.done():
+                    w.result()  # a watch that broke is an error, not a quiet figure
+            readings.append((label, procstat.read(cp.pids)))
+            result["phases"][label] = summary.phase(
+                tracker.pods.values(), label, time.monotonic(), dra=dra)
+
+        for load_share in plan.loads:
+            target = round(load_share * total)
+            await step(f"fill-{load_share}", load.fill(target, f"fill-{load_share}",
+                                                       plan.fill_timeout))
+            await step(f"churn-{load_share}", load.churn(
+                target, f"churn-{load_share}", plan.churn_rate, plan.churn_seconds))
+        if pubs is not None:
+            before = slice_requests(await kube.text("/metrics"))
+            await pubs.sync_all()
+            after = slice_requests(await kube.text("/metrics"))
+            result["slices"]["idle_after_jobs"] = {
+                "writes_per_node": (after["writes"] - before["writes"]) / n}
+        else:
+            result["extended_resource_at_end"] = await _extended_ok(kube, layout.socs)
+        # every phase, summarised again now: a job bound after its phase ended counts too
+        end = time.monotonic()
+        for label in result["phases"]:
+            result["phases"][label] = summary.phase(tracker.pods.values(), label, end, dra=dra)
+        result["bench_requests"] = kube.requests
+        result["watch_events"] = tracker.events
+    finally:
+        for w in watches:
+            w.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+        if pubs is not None:
+            await pubs.close()
+        await kube.close()
+    result["cpu_cores"] = {label: procstat.cores(a, b)
+                           for (_, a), (label, b) in itertools.pairwise(readings)}
+    last = readings[-1][1]
+    result["rss_mb"] = {k: round(v, 1) for k, v in last.rss_mb.items()}
+    result["hwm_mb"] = {k: round(v, 1) for k, v in last.hwm_mb.items()}
+    return result
+
+
+def run(n: int, dra: bool, plan: Plan, kw: kwok.Kwok, layout: NodeLayout, work: Path) -> Json:
+    """A fresh control plane and kwok for N nodes in one mode; stopped when done."""
+    with control_plane.start(work, client_qps=plan.client_qps) as cp:
+        cp.spawn("kwok", kwok.argv(kw, cp.api.kubeconfig))
+        try:
+            return asyncio.run(_run(cp, n, dra, plan, layout))
+        except BenchError as e:
+            raise BenchError(f"{e}\n{cp.tail()}") from e

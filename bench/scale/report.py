@@ -1,0 +1,105 @@
+"""The scale run's table: one block per node count, device-plugin and DRA side by side with the
+DRA / device-plugin ratio, as Markdown (stdout and docs/benchmarks.md alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Json = dict[str, Any]
+PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok", "bench")
+
+
+def _get(r: Json, *path: str) -> Any:
+    for p in path:
+        if not isinstance(r, dict) or p not in r:
+            return None
+        r = r[p]
+    return r
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if isinstance(a, int | float) and isinstance(b, int | float) and a:
+        return f"{b / a:.2f}x"
+    return ""
+
+
+def one_line(r: Json) -> str:
+    first: Json = next(iter(r["phases"].values()), {})
+    return (f"  {r['nodes']} nodes, {r['mode']}: {first.get('throughput_pods_per_s')} pods/s "
+            f"bound in the first fill ({first.get('created_pods_per_s')} created/s), "
+            f"p99 creation->bound {_fmt(_get(first, 'create_to_bound_s', 'p99'))} s; "
+            f"{r['seconds']} s")
+
+
+def _at(*path: str) -> Callable[[Json], Any]:
+    return lambda r: _get(r, *path)
+
+
+def _with(count: tuple[str, ...], share: tuple[str, ...]) -> Callable[[Json], Any]:
+    """`count (share)` in one cell."""
+    return lambda r: f"{_fmt(_get(r, *count))} ({_fmt(_get(r, *share))})"
+
+
+def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]]]:
+    f = ("phases", first)
+    rows: list[tuple[str, Callable[[Json], Any]]] = [
+        ("nodes Ready after create, s", _at("nodes_ready_s")),
+        (f"throughput, {first}, pods/s", _at(*f, "throughput_pods_per_s")),
+        (f"  bench created, {first}, pods/s", _at(*f, "created_pods_per_s")),
+        (f"  creation->bound p50, {first}, s", _at(*f, "create_to_bound_s", "p50")),
+        (f"  creation->bound p99, {first}, s", _at(*f, "create_to_bound_s", "p99")),
+    ]
+    for ph in loads:
+        p = ("phases", ph)
+        rows += [
+            (f"{ph}: creation->bound p50, s", _at(*p, "create_to_bound_s", "p50")),
+            (f"{ph}: creation->bound p99, s", _at(*p, "create_to_bound_s", "p99")),
+            (f"{ph}: jobs (of which waited, %)", _with((*p, "jobs"), (*p, "waited_pct"))),
+            (f"{ph}: waited jobs, creation->bound p50, s",
+             _at(*p, "waited_create_to_bound_s", "p50")),
+            (f"{ph}: never bound (p50 wait so far, s)",
+             _with((*p, "never_bound"), (*p, "never_bound_waited_s", "p50"))),
+            (f"{ph}: 4-SoC jobs waited, %", _at(*p, "waited_4soc_pct")),
+            (f"{ph}: 4-SoC on one card, %", _at(*p, "one_card_4soc_pct")),
+            (f"{ph}: 2-SoC on one card, %", _at(*p, "one_card_2soc_pct")),
+            (f"{ph}: 4-SoC waits while a card had room",
+             _at(*p, "waited_4soc_while_a_card_had_room")),
+        ]
+    rows += [
+        ("slice writes per node, start", _at("slices", "start", "writes_per_node")),
+        ("slice writes per node, idle resync", _at("slices", "idle", "writes_per_node")),
+        ("slice writes per node, idle after jobs",
+         _at("slices", "idle_after_jobs", "writes_per_node")),
+    ]
+    rows += [(f"CPU {proc}, {first}, cores", _at("cpu_cores", first, proc)) for proc in PROCS]
+    rows += [(f"RSS {proc} at end, MB", _at("rss_mb", proc)) for proc in PROCS[:4]]
+    return rows
+
+
+def table(result: Json) -> str:
+    by_n: dict[int, dict[str, Json]] = {}
+    for r in result["runs"]:
+        by_n.setdefault(r["nodes"], {})[r["mode"]] = r
+    out = ["| nodes | figure | device-plugin | DRA | DRA / device-plugin |",
+           "|---|---|---|---|---|"]
+    for n, modes in by_n.items():
+        dp, dra = modes.get("device-plugin", {}), modes.get("dra", {})
+        phases = list((dra or dp).get("phases", {}))
+        if not phases:
+            continue
+        first = phases[0]
+        for label, get in _rows(first, [p for p in phases if p.startswith("churn")]):
+            a, b = (get(dp) if dp else None), (get(dra) if dra else None)
+            if a is None and b is None:
+                continue
+            out.append(f"| {n} | {label} | {_fmt(a)} | {_fmt(b)} | {_ratio(a, b)} |")
+    return "\n".join(out)
