@@ -17,7 +17,8 @@ never satisfied by a guess (device-plugin mode's NFD label does the same).
 Preparing a claim writes one transient CDI spec, `qaic.qualcomm.com-claim_<uid>.json`, with one
 CDI device per SoC (its /dev/accel node) and the spec-wide `QAIC_VISIBLE_DEVICES` listing all
 the claim's QIDs, so SoCs of two SKUs in one claim are all visible (unlike two device-plugin
-resources, whose variables collide). It is written from the SoCs as they are now every time,
+resources, whose variables collide); a whole card or part of one (dra/cards.py) is one CDI
+device with the nodes of all its SoCs. It is written from the SoCs as they are now every time,
 also for a claim prepared before (after a reboot the spec is gone and accel numbers may have
 moved), and says the lowest CDI version it needs. An unhealthy SoC is prepared only for an
 allocation that tolerates its taint or has adminAccess, as the scheduler would allocate it.
@@ -46,6 +47,7 @@ from ..kubelet.dra.types import (
 from ..qaic.inventory import SocState
 from ..qaic.nfd import remove_if_present, replace_if_changed
 from ..qaic.resources import VISIBLE_DEVICES_ENV
+from . import cards
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,17 @@ def to_device(state: SocState) -> Device:
 
 
 def health_reports(pool: str, socs: Sequence[SocState]) -> tuple[DeviceHealthReport, ...]:
-    return tuple(
+    """Every SoC's health, then every whole-card and part device's (dra/cards.py)."""
+    ordered = sorted(socs, key=lambda s: s.soc.pci_address)
+    own = tuple(
         DeviceHealthReport(
             pool, device_name(s.soc.pci_address), s.healthy,
             "; ".join(f"{f.signal.value}: {f.detail}" for f in s.findings),
         )
-        for s in sorted(socs, key=lambda s: s.soc.pci_address)
+        for s in ordered
     )
+    groups = cards.partition([(s, to_device(s)) for s in ordered]).members
+    return own + cards.group_health_reports(pool, groups)
 
 
 def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:
@@ -112,28 +118,36 @@ class QaicDraDriver:
         self.node_name = node_name
         self.cdi_dir = cdi_dir
         self._socs: dict[str, SocState] = {}
+        #: Each published device's SoCs: a SoC itself, or a whole card or part (cards.py).
+        self._members: dict[str, tuple[SocState, ...]] = {}
+        #: The counter sets the devices consume (published in slices of their own).
+        self.counter_sets: list[dict[str, Any]] = []
 
     def update(self, socs: Sequence[SocState]) -> list[Device]:
-        """Take a new snapshot; return the devices to publish."""
+        """Take a new snapshot; return the devices to publish (`counter_sets` with them)."""
         self._socs = {device_name(s.soc.pci_address): s for s in socs}
-        return [to_device(s) for _, s in sorted(self._socs.items())]
+        parts = cards.partition([(s, to_device(s)) for _, s in sorted(self._socs.items())])
+        self._members = {**{n: (s,) for n, s in self._socs.items()}, **parts.members}
+        self.counter_sets = parts.counter_sets
+        return parts.devices
 
     async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
         uid = claim.ref.uid
-        chosen: list[tuple[str, str, SocState]] = []
+        chosen: list[tuple[str, str, tuple[SocState, ...]]] = []
         for d in claim.devices:
             if d.pool != self.node_name:
                 raise PrepareError(f"device {d.device} is in pool {d.pool}, not {self.node_name}")
-            state = self._socs.get(d.device)
-            if state is None:
+            members = self._members.get(d.device)
+            if members is None:
                 raise PrepareError(f"device {d.device} is not on this node (any more)")
-            taint = unhealthy_taint(state)
-            if taint is not None and not d.tolerates(taint):
-                raise PrepareError(self._unhealthy(state))
-            chosen.append((d.request, d.device, state))
+            for state in members:
+                taint = unhealthy_taint(state)
+                if taint is not None and not d.tolerates(taint):
+                    raise PrepareError(self._unhealthy(state))
+            chosen.append((d.request, d.device, members))
         if not chosen:
             return []
-        qids = ",".join(str(q) for q in sorted({s.soc.qid for _, _, s in chosen}))
+        qids = ",".join(str(q) for q in sorted({s.soc.qid for _, _, m in chosen for s in m}))
         body: dict[str, Any] = {
             "kind": CDI_KIND,
             "containerEdits": {"env": [f"{VISIBLE_DEVICES_ENV}={qids}"]},
@@ -141,10 +155,11 @@ class QaicDraDriver:
                 {
                     "name": f"{uid}-{name}",
                     "containerEdits": {
-                        "deviceNodes": [{"path": f"/dev/{s.soc.dev_relpath}", "permissions": "rw"}]
+                        "deviceNodes": [{"path": f"/dev/{s.soc.dev_relpath}", "permissions": "rw"}
+                                        for s in m]
                     },
                 }
-                for _, name, s in sorted(chosen, key=lambda c: c[1])
+                for _, name, m in sorted(chosen, key=lambda c: c[1])
             ],
         }
         spec = {"cdiVersion": minimum_version(body), **body}
