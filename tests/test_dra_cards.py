@@ -182,7 +182,7 @@ async def test_a_card_claim_is_prepared_as_all_four_socs(tmp_path: Path) -> None
     from qaic_device_plugin.kubelet.dra.types import AllocatedClaim, AllocatedDevice, ClaimRef
 
     states = scan(tmp_path, ULTRA2_STD_PRO)
-    driver = QaicDraDriver("node-a", tmp_path / "cdi")
+    driver = QaicDraDriver("node-a", tmp_path / "cdi", partitions=True)
     driver.update(states)
     assert len(driver.counter_sets) == 2
     card_id = sorted({s.soc.card_id for s in states if s.sku.sku is Sku.ULTRA})[1]

@@ -114,9 +114,12 @@ def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:
 class QaicDraDriver:
     """Prepares claims against the node's current SoCs (updated by the app on every refresh)."""
 
-    def __init__(self, node_name: str, cdi_dir: Path) -> None:
+    def __init__(self, node_name: str, cdi_dir: Path, *, partitions: bool = False) -> None:
         self.node_name = node_name
         self.cdi_dir = cdi_dir
+        #: Offer whole cards and parts too; only with a publisher that writes `counter_sets`
+        #: (devices naming a counter set the pool lacks make the scheduler refuse the pool).
+        self.partitions = partitions
         self._socs: dict[str, SocState] = {}
         #: Each published device's SoCs: a SoC itself, or a whole card or part (cards.py).
         self._members: dict[str, tuple[SocState, ...]] = {}
@@ -126,6 +129,9 @@ class QaicDraDriver:
     def update(self, socs: Sequence[SocState]) -> list[Device]:
         """Take a new snapshot; return the devices to publish (`counter_sets` with them)."""
         self._socs = {device_name(s.soc.pci_address): s for s in socs}
+        if not self.partitions:
+            self._members = {n: (s,) for n, s in self._socs.items()}
+            return [to_device(s) for _, s in sorted(self._socs.items())]
         parts = cards.partition([(s, to_device(s)) for _, s in sorted(self._socs.items())])
         self._members = {**{n: (s,) for n, s in self._socs.items()}, **parts.members}
         self.counter_sets = parts.counter_sets
