@@ -17,7 +17,7 @@ import pytest
 from http_probe import free_port, http_get, samples, wait_http
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Node
+from lightkube.resources.core_v1 import Namespace, Node
 from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, ResourceSlice
 from lightkube.types import PatchType
 
@@ -35,6 +35,7 @@ pytestmark = [
     pytest.mark.skipif(find_binaries() is None, reason="kube-apiserver/etcd not built"),
 ]
 NODE = "node-1"
+ADMIN_NS = "qaic-admin"
 
 
 @pytest.fixture(scope="module")
@@ -278,22 +279,24 @@ async def test_kubelet_health_stream_follows_the_node(
 
 
 async def allocated_claim(
-    client: AsyncClient, name: str, socs: list[FakeSoc], **result: Any
+    client: AsyncClient, name: str, socs: list[FakeSoc], namespace: str = "default",
+    **result: Any,
 ) -> ClaimRef:
     """A claim for `socs`, allocated through the status subresource as the scheduler writes
     it; `result` adds fields to every result (tolerations, adminAccess)."""
     created = await client.create(ResourceClaim.from_dict({
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"devices": {"requests": [{"name": "socs", "exactly": {
-            "deviceClassName": DRIVER_NAME, "count": len(socs)}}]}},
+            "deviceClassName": DRIVER_NAME, "count": len(socs),
+            **({"adminAccess": True} if result.get("adminAccess") else {})}}]}},
     }))
     assert created.metadata is not None and created.metadata.uid is not None
     results = [{"request": "socs", "driver": DRIVER_NAME, "pool": NODE,
                 "device": device_name(s.pci_address), **result} for s in socs]
     await client.patch(ResourceClaimStatus, name,
                        {"status": {"allocation": {"devices": {"results": results}}}},
-                       namespace="default", patch_type=PatchType.MERGE)
-    return ClaimRef("default", created.metadata.uid, name)
+                       namespace=namespace, patch_type=PatchType.MERGE)
+    return ClaimRef(namespace, created.metadata.uid, name)
 
 
 def spec_nodes(dirs: Path, uid: str) -> dict[str, str]:
@@ -355,7 +358,11 @@ async def test_a_claim_tolerating_the_unhealthy_taint_gets_the_unhealthy_soc(
     await wait_devices(client, lambda d: all(d.get(n, {}).get("taints") for n in names))
     tolerant = await allocated_claim(client, "tolerant", sick[:1], tolerations=[
         {"key": TAINT_UNHEALTHY, "operator": "Exists", "effect": "NoSchedule"}])
-    admin = await allocated_claim(client, "admin", sick[1:2], adminAccess=True)
+    # adminAccess only in a namespace an administrator labelled for it (DRAAdminAccess, GA)
+    await client.apply(Namespace(metadata=ObjectMeta(
+        name=ADMIN_NS, labels={"resource.kubernetes.io/admin-access": "true"})),
+        field_manager="test")
+    admin = await allocated_claim(client, "admin", sick[1:2], ADMIN_NS, adminAccess=True)
     strict = await allocated_claim(client, "strict", sick[2:])
     resp = await kubelet.prepare(DRIVER_NAME, [tolerant, admin, strict])
     assert resp.claims[tolerant.uid].error == ""
@@ -365,5 +372,5 @@ async def test_a_claim_tolerating_the_unhealthy_taint_gets_the_unhealthy_soc(
     assert f"SoC {sick[2].pci_address} ({host}) is unhealthy" in error
     assert f"tolerate the taint {TAINT_UNHEALTHY}" in error and str(node.dev_root) not in error
     await kubelet.unprepare(DRIVER_NAME, [tolerant, admin, strict])
-    for name in ("tolerant", "admin", "strict"):
-        await client.delete(ResourceClaim, name, namespace="default")
+    for ref in (tolerant, admin, strict):
+        await client.delete(ResourceClaim, ref.name, namespace=ref.namespace)
