@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-peer-build",
         action="store_true",
-        help="use the Go peer only if already cached; never build it (e2e/tools.sh)",
+        help="use the Go peer and the scale smoke's kwok only if cached; never build them",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, trees)")
     args = p.parse_args(argv)
@@ -151,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["side_by_side"] = sidebyside_job.run(
                 work, quick=args.quick, build_peer=not args.no_peer_build
             )
+        if args.quick and args.side_by_side != "only":  # the scale smoke (bench/scale/)
+            result["scale"] = scale_job.smoke(work, build=not args.no_peer_build)
     except BenchError as e:
         print(f"BROKEN: {e}\nwork directory kept: {work}", file=sys.stderr)
         return 1

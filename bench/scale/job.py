@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.errors import BenchError
+from cluster.tools import find_binaries
 
 from . import kwok, measure, plot, report
 from .publishers import discover
@@ -48,6 +49,10 @@ def _meta(plan: measure.Plan, kw: kwok.Kwok) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "slices_py_uncommitted": bool(_git("status", "--porcelain", "--", f":(top){slices}")),
+        # the driver's code runs from the checkout: say what differs from the commit
+        "plugin_uncommitted_changes": [
+            line[3:] for line in _git("status", "--porcelain", "--", ":(top)plugin_image")
+            .splitlines() if line.strip()],
         "nproc": len(os.sched_getaffinity(0)),
         "load_before": os.getloadavg(),
         "plan": plan.__dict__,
@@ -73,6 +78,27 @@ def run(plan: measure.Plan, work: Path, *, build: bool = True) -> dict[str, Any]
             print(report.one_line(r), flush=True)
     out["meta"]["load_after"] = os.getloadavg()
     return out
+
+
+def smoke(work: Path, *, build: bool = True) -> dict[str, Any]:
+    """`make bench-quick`'s part: the QUICK plan, figures printed, never judged. A machine
+    without the tool cache's Kubernetes (make e2e builds it) or kwok says why and goes on."""
+    why = None
+    if find_binaries() is None:
+        why = "Kubernetes v1.37.2 / etcd v3.7.3 not in the tool cache (make e2e builds them)"
+    else:
+        try:
+            kwok.locate(build=build)
+        except BenchError as e:
+            why = str(e)
+    if why is not None:
+        print(f"scale smoke unavailable: {why}", flush=True)
+        return {"available": False, "why": why}
+    t0 = time.monotonic()
+    result = run(QUICK, work / "scale", build=build)
+    print(report.table(result))
+    print(f"scale smoke: {time.monotonic() - t0:.0f} s", flush=True)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -159,8 +159,13 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, plan: Plan,
         if pubs is not None:
             await pubs.close()
         await kube.close()
-    result["cpu_cores"] = {label: procstat.cores(a, b)
-                           for (_, a), (label, b) in itertools.pairwise(readings)}
+    pairs = [(label, a, b) for (_, a), (label, b) in itertools.pairwise(readings)]
+    result["cpu_cores"] = {label: procstat.cores(a, b) for label, a, b in pairs}
+    result["cpu_ms_per_bound_pod"] = {
+        label: procstat.cpu_ms_per_pod(a, b, sum(
+            1 for r in tracker.pods.values() if r.bound is not None and a.at <= r.bound < b.at))
+        for label, a, b in pairs}
+    result["load_average"] = {label: round(b.load, 2) for label, _, b in pairs}
     last = readings[-1][1]
     result["rss_mb"] = {k: round(v, 1) for k, v in last.rss_mb.items()}
     result["hwm_mb"] = {k: round(v, 1) for k, v in last.hwm_mb.items()}

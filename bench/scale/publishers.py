@@ -43,11 +43,11 @@ WRITE_VERBS = ("CREATE", "UPDATE", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION
 @dataclass(frozen=True)
 class NodeLayout:
     devices: list[Device]
-    card_of: dict[str, str]  # device name -> cardID attribute
+    card_of: dict[str, str]  # SoC device name -> cardID attribute
 
     @property
     def socs(self) -> int:
-        return len(self.devices)
+        return len(self.card_of)
 
 
 async def discover(cards: Sequence[CardSpec] | None = None) -> NodeLayout:
@@ -65,7 +65,10 @@ async def discover(cards: Sequence[CardSpec] | None = None) -> NodeLayout:
         devices = QaicDraDriver("template", root / "cdi").update(state.socs)
     card_of = {}
     for dev in devices:
-        card = dev.to_dict().get("attributes", {}).get("cardID", {}).get("string")
+        attrs = dev.to_dict().get("attributes", {})
+        if "resource.kubernetes.io/pciBusID" not in attrs:
+            continue  # not a SoC (a whole card or a part of one, if the driver offers them)
+        card = attrs.get("cardID", {}).get("string")
         if card is None:
             raise BenchError(f"device {dev.name} has no cardID attribute")
         card_of[dev.name] = card

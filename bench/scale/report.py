@@ -55,6 +55,8 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
         ("nodes Ready after create, s", _at("nodes_ready_s")),
         (f"throughput, {first}, pods/s", _at(*f, "throughput_pods_per_s")),
         (f"  bench created, {first}, pods/s", _at(*f, "created_pods_per_s")),
+        (f"  drain after the last create, {first}, pods/s (jobs)",
+         _with((*f, "drain_pods_per_s"), (*f, "drain_pods"))),
         (f"  creation->bound p50, {first}, s", _at(*f, "create_to_bound_s", "p50")),
         (f"  creation->bound p99, {first}, s", _at(*f, "create_to_bound_s", "p99")),
     ]
@@ -70,8 +72,10 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
              _with((*p, "never_bound"), (*p, "never_bound_waited_s", "p50"))),
             (f"{ph}: 4-SoC jobs waited, %", _at(*p, "waited_4soc_pct")),
             (f"{ph}: 4-SoC on one card, %", _at(*p, "one_card_4soc_pct")),
+            (f"{ph}: 4-SoC on one card when some card had room, %",
+             _at(*p, "one_card_4soc_when_a_card_had_room_pct")),
             (f"{ph}: 2-SoC on one card, %", _at(*p, "one_card_2soc_pct")),
-            (f"{ph}: 4-SoC waits while a card had room",
+            (f"{ph}: 4-SoC waits while a card had room (bench's view)",
              _at(*p, "waited_4soc_while_a_card_had_room")),
         ]
     rows += [
@@ -80,7 +84,11 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
         ("slice writes per node, idle after jobs",
          _at("slices", "idle_after_jobs", "writes_per_node")),
     ]
-    rows += [(f"CPU {proc}, {first}, cores", _at("cpu_cores", first, proc)) for proc in PROCS]
+    rows += [(f"CPU {proc}, {first}, ms per pod bound", _at("cpu_ms_per_bound_pod", first, proc))
+             for proc in PROCS]
+    rows += [(f"CPU {proc}, {first}, cores", _at("cpu_cores", first, proc))
+             for proc in (*PROCS, "others")]
+    rows.append((f"load average at the end of {first}", _at("load_average", first)))
     rows += [(f"RSS {proc} at end, MB", _at("rss_mb", proc)) for proc in PROCS[:4]]
     return rows
 

@@ -2,7 +2,9 @@
 
 - throughput: jobs bound per second from the phase's first creation to its last binding (the
   fill from empty is the burst that measures the scheduler; the bench's own creation rate is
-  given next to it, so a bench that cannot create faster than the scheduler binds shows);
+  given next to it, so a bench that cannot create faster than the scheduler binds shows), and
+  the drain rate: the jobs still unbound when the bench had created the last one, over the
+  time to the last binding (the scheduler's pace with a queue in front of it);
 - creation -> bound: the bench's clock, from just before the POST to the watch event that
   shows spec.nodeName (so it includes the API server's create, in DRA mode the controller
   manager making the claim, the scheduler, and one watch delivery);
@@ -10,7 +12,12 @@
   how long they took from creation to binding; jobs never bound are counted apart, with the
   time they had waited when the run ended;
 - one card: of the multi-SoC jobs bound, how many have all SoCs on one card (DRA: from the
-  allocation; device-plugin: the model in tracker.py).
+  allocation; device-plugin: the model in tracker.py); for 4-SoC jobs also among those that
+  got their SoCs while some card in the cluster had four free (the target's condition), and
+  how many were split although one had;
+- 4-SoC waits while a card had room: in the bench's view when the scheduler's verdict arrived,
+  which lags the scheduler's own by the watch (a departure seen meanwhile counts): an upper
+  bound on the scheduler passing over a card that had room.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from bench.common.stats import percentile
 from .tracker import PodRec
 
 Json = dict[str, Any]
+DRAIN_MIN = 20  # fewer left unbound when creation ended: no drain rate (the bench set the pace)
 
 
 def _dist(xs: list[float]) -> Json:
@@ -46,11 +54,16 @@ def phase(pods: Iterable[PodRec], name: str, end: float, *, dra: bool) -> Json:
     first = min(r.created for r in recs)
     last_created = max(r.created for r in recs)
     last_bound = max((r.bound for r in bound if r.bound is not None), default=first)
+    drained = [r for r in bound if r.bound is not None and r.bound > last_created]
     out: Json = {
         "jobs": len(recs),
         "bound": len(bound),
         "throughput_pods_per_s": round(len(bound) / max(last_bound - first, 1e-9), 2),
         "created_pods_per_s": round(len(recs) / max(last_created - first, 1e-9), 2),
+        # the backlog left when the bench had created them all, bound at the scheduler's pace
+        "drain_pods": len(drained),
+        "drain_pods_per_s": (round(len(drained) / max(last_bound - last_created, 1e-9), 2)
+                             if len(drained) >= DRAIN_MIN else None),
         "create_to_bound_s": _dist([r.bound - r.created for r in bound if r.bound is not None]),
         "waited_pct": _share(len(waited) + sum(1 for r in never if r.unschedulable), len(recs)),
         "waited_create_to_bound_s": _dist(
@@ -64,6 +77,10 @@ def phase(pods: Iterable[PodRec], name: str, end: float, *, dra: bool) -> Json:
         out[f"jobs_{size}soc_with_cards"] = len(of)
         w = [r for r in recs if r.size == size and r.unschedulable is not None]
         out[f"waited_{size}soc_pct"] = _share(len(w), sum(1 for r in recs if r.size == size))
+    roomy = [r for r in bound if r.size == 4 and r.room_anywhere and r.cards is not None]
+    out["one_card_4soc_when_a_card_had_room_pct"] = _share(
+        sum(1 for r in roomy if r.cards == 1), len(roomy))
+    out["split_4soc_while_a_card_had_room"] = sum(1 for r in roomy if r.cards != 1)
     four_waited = [r for r in recs if r.size == 4 and r.room_when_waiting is not None]
     out["waited_4soc_while_a_card_had_room"] = sum(1 for r in four_waited if r.room_when_waiting)
     if not dra:

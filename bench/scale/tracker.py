@@ -41,14 +41,18 @@ class PodRec:
     cards: int | None = None  # distinct cards of its SoCs (DRA: allocated; device-plugin: model)
     room_when_waiting: bool | None = None  # a 4-SoC job that waited: did some card have room?
     room_on_node: bool | None = None  # device-plugin model: its node had a card with room
+    room_anywhere: bool | None = None  # a 4-SoC job, as it got its SoCs: some card had room
     deleted: bool = False
     gone: float | None = None
 
 
 def placements(devices: list[Json]) -> list[Placement]:
+    """The SoC devices (those with a PCI address; not whole-card or part devices)."""
     out = []
     for d in devices:
         a = d["attributes"]
+        if "resource.kubernetes.io/pciBusID" not in a:
+            continue
         numa = a.get("resource.kubernetes.io/numaNode", {}).get("int")
         out.append(Placement(d["name"], a["resource.kubernetes.io/pciBusID"]["string"],
                              a["cardID"]["string"], numa))
@@ -127,6 +131,8 @@ class Tracker:
             rec.cards = None
             return
         rec.room_on_node = max(view.card_free.values()) >= rec.size
+        if rec.size == ROOM:
+            rec.room_anywhere = self.cards_with_room > 0
         ids = preferred_allocation(self.layout, sorted(view.free), [], rec.size)
         rec.devices = ids
         rec.cards = len({self.card_of[d] for d in ids})
@@ -153,9 +159,11 @@ class Tracker:
         node = results[0]["pool"]
         ids = [r["device"] for r in results]
         self.claims[name] = (owners[0], node, ids)
+        rec = self.pods.get(owners[0])
+        if rec is not None and rec.size == ROOM:
+            rec.room_anywhere = self.cards_with_room > 0
         if node in self.nodes:
             self._move(node, ids, take=True)
-        rec = self.pods.get(owners[0])
         if rec is not None:
             rec.devices = ids
             rec.cards = len({self.card_of.get(d, d) for d in ids})
