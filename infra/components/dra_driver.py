@@ -5,6 +5,12 @@ binding, and the DaemonSet running the plugin image in DRA mode (pod: :mod:`dra_
 Specs are in :mod:`infra.components.dra_objects`. The DaemonSet depends on the RBAC and the
 policy, so it starts with its permissions in place and, on a switch back to device-plugin
 mode, is deleted before them.
+
+It rolls with ``maxSurge: 1, maxUnavailable: 0`` (as dra-example-driver can): the new pod
+starts beside the old one with its own sockets (named by its pod UID), kubelet registers both,
+and the old pod is stopped only once the new one is Ready (registered, slices written), so the
+driver never leaves the node and kubelet never wipes its ResourceSlices. Device-plugin mode
+cannot do this (one socket per resource), hence its ``maxUnavailable: 1``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from infra.components.plugin_pod import daemonset_spec
 from infra.settings import StackSettings
 
 TYPE_TOKEN = "qaic-k8s:index:DraDriver"
+#: The new pod first, the old one stopped once the new one is Ready.
+SURGE_UPDATE: k8s.apps.v1.DaemonSetUpdateStrategyArgsDict = {
+    "type": "RollingUpdate", "rolling_update": {"max_surge": 1, "max_unavailable": 0},
+}
 
 
 def dra_labels(component: str = "dra-driver") -> dict[str, str]:
@@ -108,11 +118,13 @@ class DraDriver(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.slice_policy]),
         )
 
+        ds_spec = daemonset_spec(DRA_APP_NAME, dra_labels(),
+                                 dra_pod_spec(s, args.image_ref, args.service_account))
+        ds_spec["update_strategy"] = SURGE_UPDATE
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
             metadata={"name": DRA_APP_NAME, "namespace": args.namespace, "labels": dra_labels()},
-            spec=daemonset_spec(DRA_APP_NAME, dra_labels(),
-                                dra_pod_spec(s, args.image_ref, args.service_account)),
+            spec=ds_spec,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
                 *args.depends_on, self.role_binding, self.slice_binding,
             ]),

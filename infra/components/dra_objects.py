@@ -11,7 +11,9 @@ ValidatingAdmissionPolicy (the one kubernetes-sigs/dra-example-driver ships, for
 ``resource.k8s.io/v1``) lets the driver's service account create, update and delete only
 slices whose ``spec.nodeName`` is the node its token is bound to: a pod-bound service-account
 token carries the node's name in the user's extra ``authentication.kubernetes.io/node-name``
-(ServiceAccountTokenPodNodeInfo, on by default since 1.30).
+(ServiceAccountTokenPodNodeInfo, on by default since 1.30). It also checks ``spec.driver``:
+without that the driver's account could rewrite or delete another driver's slices on its
+node (a GPU's, say). Both fields are immutable, so on UPDATE the new object tells for the old.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ def service_account_user(namespace: str, service_account: str) -> str:
 USER_NODE = f"request.userInfo.?extra[?'{NODE_NAME_EXTRA}'][0].orValue('')"
 #: The slice's node: the old object on DELETE ('' for a slice without a node).
 OBJECT_NODE = '(request.operation == "DELETE" ? oldObject : object).spec.?nodeName.orValue("")'
+#: The slice's driver: the old object on DELETE.
+OBJECT_DRIVER = '(request.operation == "DELETE" ? oldObject : object).spec.driver'
+OTHER_DRIVER_MESSAGE = (
+    f"\"the qaic DRA driver may only modify resourceslices of driver '{DRIVER_NAME}', not of "
+    f"driver '\" + variables.objectDriver + \"'\""
+)
 NO_NODE_MESSAGE = (
     "no node association found for this user: the qaic DRA driver must run in a pod on a "
     "node, with a service-account token bound to that pod"
@@ -116,11 +124,14 @@ def slice_policy_spec(
         "variables": [
             {"name": "userNodeName", "expression": USER_NODE},
             {"name": "objectNodeName", "expression": OBJECT_NODE},
+            {"name": "objectDriver", "expression": OBJECT_DRIVER},
         ],
         "validations": [
             {"expression": 'variables.userNodeName != ""', "message": NO_NODE_MESSAGE},
             {"expression": "variables.userNodeName == variables.objectNodeName",
              "message_expression": OTHER_NODE_MESSAGE},
+            {"expression": f'variables.objectDriver == "{DRIVER_NAME}"',
+             "message_expression": OTHER_DRIVER_MESSAGE},
         ],
     }
 

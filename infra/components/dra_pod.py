@@ -5,11 +5,15 @@ Privileges it keeps, and why (docs/provisioning.md and docs/dra.md repeat this):
 - runs as UID 0, not privileged, ALL capabilities dropped: kubelet's plugin directories are
   root-owned (0750/0755); as their owner root creates sockets there without a capability.
 - hostPath /var/lib/kubelet/plugins_registry read-write: the registration socket
-  ``qaic.qualcomm.com-reg.sock`` kubelet's plugin watcher finds.
+  ``qaic.qualcomm.com-<pod UID>-reg.sock`` kubelet's plugin watcher finds.
 - hostPath /var/lib/kubelet/plugins/qaic.qualcomm.com read-write (only the driver's own
-  directory, not all of kubelet's plugins): ``dra.sock`` kubelet calls NodePrepareResources
-  on, and ``checkpoint.json`` of prepared claims. Same path inside and out: the socket's
-  absolute path is what registration tells kubelet.
+  directory, not all of kubelet's plugins): ``dra-<pod UID>.sock`` kubelet calls
+  NodePrepareResources on, ``checkpoint.json`` of prepared claims and the lock the pods of a
+  rolling update take turns with. Same path inside and out: the socket's absolute path is
+  what registration tells kubelet.
+- the pod's UID (downward API): per-pod socket names, so the DaemonSet rolls with
+  ``maxSurge: 1, maxUnavailable: 0``: the new pod registers beside the old one (kubelet 1.33+
+  keeps both and calls the newest) and the driver is never unregistered on the node.
 - hostPath of ``cdiDir`` (default /var/run/cdi) read-write: one CDI spec per prepared claim,
   which the container runtime reads to inject the claim's /dev/accel nodes and
   QAIC_VISIBLE_DEVICES.
@@ -67,6 +71,9 @@ def dra_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
     out: list[k8s.core.v1.EnvVarArgsDict] = [{"name": k, "value": v} for k, v in env.items()]
     # The node: the pool name and the spec.nodeName of every ResourceSlice it writes.
     out.append({"name": "NODE_NAME", "value_from": {"field_ref": {"field_path": "spec.nodeName"}}})
+    # Per-pod socket names: two pods of a rolling update serve side by side (dra_driver.py).
+    out.append({"name": "QAIC_DRA_POD_UID",
+                "value_from": {"field_ref": {"field_path": "metadata.uid"}}})
     return out
 
 

@@ -156,11 +156,45 @@ def test_slice_policy_limits_the_service_account_to_its_node() -> None:
     assert "authentication.kubernetes.io/node-name" in variables["userNodeName"]
     assert "oldObject" in variables["objectNodeName"]  # DELETE has no object
     assert [v["expression"] for v in spec["validations"]] == [
-        'variables.userNodeName != ""', "variables.userNodeName == variables.objectNodeName"]
+        'variables.userNodeName != ""', "variables.userNodeName == variables.objectNodeName",
+        f'variables.objectDriver == "{DRIVER_NAME}"']
     assert spec["validations"][0]["message"] == NO_NODE_MESSAGE
     assert spec["failurePolicy"] == "Fail"
     (binding,) = objects(run, "ValidatingAdmissionPolicyBinding").values()
     assert binding["spec"] == {"policyName": SLICE_POLICY_NAME, "validationActions": ["Deny"]}
+
+
+def slice_request(operation: str, driver: str) -> dict[str, Any]:
+    """An admission request for a slice of `driver` on node-a (DELETE carries oldObject)."""
+    obj = {"spec": {"driver": driver, "nodeName": "node-a"}}
+    return {"request": {"operation": operation},
+            "object": None if operation == "DELETE" else obj, "oldObject": obj}
+
+
+def test_slice_policy_refuses_other_drivers_slices_on_its_node() -> None:
+    """Issue 19: the policy checked nodeName only, so the driver's account could create,
+    rewrite or delete another driver's slices on its own node. Evaluated with cel-python: the
+    driver variable and its validation pass our driver's slices and refuse another's, for
+    CREATE, UPDATE and DELETE (from oldObject); the message names the other driver."""
+    spec = objects(run_dra(), "ValidatingAdmissionPolicy")[SLICE_POLICY_NAME]["spec"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    (check,) = [v for v in spec["validations"] if "objectDriver" in v["expression"]]
+
+    def allowed(operation: str, driver: str) -> tuple[bool, str]:
+        activation = celpy.json_to_cel(slice_request(operation, driver))
+        driver_var = _CEL.program(_CEL.compile(variables["objectDriver"])).evaluate(activation)
+        with_vars = {**activation, "variables": celpy.celtypes.MapType(
+            {celpy.celtypes.StringType("objectDriver"): driver_var})}
+        ok = bool(_CEL.program(_CEL.compile(check["expression"])).evaluate(with_vars))
+        message = _CEL.program(_CEL.compile(check["messageExpression"])).evaluate(with_vars)
+        return ok, str(message)
+
+    for op in ("CREATE", "UPDATE", "DELETE"):
+        assert allowed(op, DRIVER_NAME)[0], op
+        ok, message = allowed(op, "gpu.example.com")
+        assert not ok, op
+        assert message == (f"the qaic DRA driver may only modify resourceslices of driver "
+                           f"'{DRIVER_NAME}', not of driver 'gpu.example.com'")
 
 
 # --- the DaemonSet ---------------------------------------------------------------------------
@@ -174,6 +208,10 @@ def test_dra_daemonset_env_mounts_and_hardening() -> None:
     env = {e["name"]: e for e in c["env"]}
     assert env["QAIC_ALLOCATION_API"]["value"] == "dra"
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # Per-pod socket names, so the DaemonSet can surge: new pod Ready before the old one goes.
+    assert env["QAIC_DRA_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert env["QAIC_CDI_DIR"]["value"] == "/etc/cdi"
     assert env["QAIC_SKU_OVERRIDES"]["value"] == '{"0000:35:00.0": "pro"}'
     assert env["QAIC_DRA_PLUGINS_DIR"]["value"] == "/var/lib/kubelet/plugins"

@@ -71,7 +71,7 @@ class DraApp:
         self.health: HealthFeed = HealthFeed(())
         self.plugin = DraPlugin(
             DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir,
-            health=self.health,
+            pod_uid=dra.pod_uid, checkpoint=checkpoint, health=self.health,
         )
         self.metrics: MetricsSink = metrics_for(settings.metrics_port)
         self.qaic_util = QaicUtilPolling(settings, self.metrics.signal_unreadable)
@@ -190,6 +190,7 @@ class DraApp:
                 "node": self.dra.node_name,
                 "plugins_dir": str(self.dra.plugins_dir),
                 "registry_dir": str(self.dra.registry_dir),
+                "pod_uid": self.dra.pod_uid or None,  # per-pod sockets (rolling updates)
                 "cdi_dir": str(self.settings.cdi_dir),
             },
         )

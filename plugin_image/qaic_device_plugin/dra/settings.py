@@ -9,13 +9,28 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..config.settings import UNIX_PATH_MAX, SettingsError
+from ..config.settings import SettingsError
+from ..kubelet.dra.instances import GRPC_UNIX_PATH_MAX, POD_UID_MAX, SocketNames
+from .backend import DRIVER_NAME
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LONGEST_SOCKET = len("/qaic.qualcomm.com-reg.sock")
+_POD_UID = re.compile(rf"^[a-z0-9][-a-z0-9]{{0,{POD_UID_MAX - 1}}}$")
+
+
+def _room(pod_uid: str) -> int:
+    """Characters a plugins or registry directory may have: the longest socket this driver
+    binds there (the hidden name, `pod_uid` in it) must fit grpc's Unix socket path limit."""
+    names = SocketNames(DRIVER_NAME, Path("/"), Path("/"), pod_uid)
+    return GRPC_UNIX_PATH_MAX - names.longest_bound()
+
+
+_DIR_ACCEPTED = (
+    f"a directory path of at most {_room('')} characters, {_room('u' * POD_UID_MAX)} with "
+    f"QAIC_DRA_POD_UID set (the sockets in it must fit a Unix socket path)"
+)
 
 
 def _env(name: str, default: object, accepted: str) -> object:
@@ -32,11 +47,16 @@ class DraSettings(BaseSettings):
     node_name: str = _env(  # type: ignore[assignment]
         "NODE_NAME", "", "the node's name (downward API spec.nodeName), a DNS subdomain"
     )
+    pod_uid: str = _env(  # type: ignore[assignment]
+        "QAIC_DRA_POD_UID", "",
+        "unset, or the pod's UID (downward API metadata.uid): lowercase letters, digits and "
+        f"'-', at most {POD_UID_MAX} characters",
+    )
     plugins_dir: Path = _env(  # type: ignore[assignment]
-        "QAIC_DRA_PLUGINS_DIR", Path("/var/lib/kubelet/plugins"), "a short directory path"
+        "QAIC_DRA_PLUGINS_DIR", Path("/var/lib/kubelet/plugins"), _DIR_ACCEPTED
     )
     registry_dir: Path = _env(  # type: ignore[assignment]
-        "QAIC_DRA_REGISTRY_DIR", Path("/var/lib/kubelet/plugins_registry"), "a short directory path"
+        "QAIC_DRA_REGISTRY_DIR", Path("/var/lib/kubelet/plugins_registry"), _DIR_ACCEPTED
     )
     kubeconfig: Path | None = _env(  # type: ignore[assignment]
         "QAIC_KUBECONFIG", None, "a kubeconfig file path; unset: the pod's service account"
@@ -52,11 +72,27 @@ class DraSettings(BaseSettings):
             raise ValueError("not a DNS subdomain")
         return v
 
+    @field_validator("pod_uid")
+    @classmethod
+    def _uid(cls, v: str) -> str:
+        if v and not _POD_UID.match(v):
+            raise ValueError("not a pod UID")
+        return v
+
     @field_validator("plugins_dir", "registry_dir")
     @classmethod
-    def _short(cls, v: Path) -> Path:
-        if len(str(v)) + _LONGEST_SOCKET > UNIX_PATH_MAX - 1:
-            raise ValueError("too long for a Unix socket path")
+    def _short(cls, v: Path, info: ValidationInfo) -> Path:
+        """Checked against the name actually bound (hidden, and per pod with a UID): a longer
+        path passed and then crashed grpc's bind with a traceback (issue 19)."""
+        if len(str(v)) > _room(str(info.data.get("pod_uid", ""))):
+            raise ValueError("too long for the sockets in it")
+        return v
+
+    @field_validator("kubeconfig")
+    @classmethod
+    def _file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():  # else a lightkube traceback, exit 1
+            raise ValueError("not a file")
         return v
 
     @field_validator("slice_resync_seconds")

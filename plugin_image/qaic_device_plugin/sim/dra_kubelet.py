@@ -2,8 +2,11 @@
 
 Like kubelet's pluginwatcher it scans the registry directory and reacts to sockets appearing:
 GetInfo, checks the type and that `v1.DRAPlugin` is offered, answers NotifyRegistrationStatus,
-and remembers the endpoint; a removed socket deregisters the plugin. Prepare and unprepare are
-then sent to the endpoint exactly as kubelet 1.37 sends them.
+and remembers the endpoint; a removed socket deregisters that instance. As kubelet 1.33+'s
+DRAPluginManager it keeps every instance of a driver (rolling updates), in the order they
+registered, refuses an endpoint another instance already registered, and calls the newest.
+A registration that fails (the socket went away mid-call) is counted and retried on the next
+change, as kubelet retries. Prepare and unprepare are sent exactly as kubelet 1.37 sends them.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ class Registered:
 class DraKubeletSim:
     def __init__(self, registry_dir: Path) -> None:
         self.registry_dir = registry_dir
-        self.plugins: dict[str, Registered] = {}
+        self.plugins: dict[str, Registered] = {}  # the instance kubelet calls: the newest
+        self.instances: dict[str, list[Registered]] = {}  # every one, oldest first
         self.registrations = 0
+        self.deregistrations = 0
         self.refusals: list[str] = []
+        self.failures: list[str] = []  # registration calls that failed (retried later)
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._seen: dict[Path, tuple[int, int]] = {}
@@ -71,12 +77,16 @@ class DraKubeletSim:
                 present[p] = (st.st_ino, st.st_ctime_ns)
         for p in [p for p in self._seen if p not in present]:
             del self._seen[p]
-            for name in [n for n, r in self.plugins.items() if r.socket == p]:
-                del self.plugins[name]
+            self._deregister(p)
         for p, ident in present.items():
             if self._seen.get(p) != ident:
+                self._deregister(p)  # a socket re-created in place: the old instance is gone
                 self._seen[p] = ident
-                await self._register(p)
+                try:
+                    await self._register(p)
+                except aio.AioRpcError as e:
+                    del self._seen[p]  # try again on the next change
+                    self.failures.append(f"{p.name}: {e.code().name}")
         async with self._changed:
             self._changed.notify_all()
 
@@ -89,16 +99,29 @@ class DraKubeletSim:
                 error = f"type {info.type!r} is not {PLUGIN_TYPE}"
             elif DRA_SERVICE_V1 not in info.supported_versions:
                 error = f"none of {list(info.supported_versions)} is supported"
+            elif any(r.endpoint == info.endpoint for r in self.instances.get(info.name, ())):
+                error = f"endpoint {info.endpoint} already registered for {info.name}"
             await stub.NotifyRegistrationStatus(
                 reg_pb.RegistrationStatus(plugin_registered=not error, error=error), timeout=5
             )
         if error:
             self.refusals.append(error)
             return
-        self.plugins[info.name] = Registered(
-            info.name, info.endpoint, sock, tuple(info.supported_versions)
-        )
+        reg = Registered(info.name, info.endpoint, sock, tuple(info.supported_versions))
+        self.instances.setdefault(info.name, []).append(reg)
+        self.plugins[info.name] = reg
         self.registrations += 1
+
+    def _deregister(self, sock: Path) -> None:
+        for name, regs in list(self.instances.items()):
+            kept = [r for r in regs if r.socket != sock]
+            self.deregistrations += len(regs) - len(kept)
+            if kept:
+                self.instances[name] = kept
+                self.plugins[name] = kept[-1]
+            else:
+                del self.instances[name]
+                self.plugins.pop(name, None)
 
     async def wait_registered(self, name: str, count: int = 1, timeout: float = 10.0) -> Registered:
         """Wait until `name` is registered and `count` registrations have happened in total."""
@@ -110,6 +133,14 @@ class DraKubeletSim:
                 timeout,
             )
         return self.plugins[name]
+
+    async def wait_instances(self, name: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until exactly `count` instances of `name` are registered."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: len(self.instances.get(name, ())) == count),
+                timeout,
+            )
 
     async def prepare(
         self, driver: str, claims: list[ClaimRef], timeout: float = 10.0
