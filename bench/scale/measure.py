@@ -37,7 +37,8 @@ class Plan:
     churn_rate: float  # departures per second
     churn_seconds: float
     fill_timeout: float
-    client_qps: float | None  # None: the components' default client rate limits
+    #: the scheduler's and controller manager's client QPS, one run each; None: their defaults
+    client_qps: tuple[float | None, ...]
     seed: int
 
 
@@ -88,12 +89,13 @@ async def _slices(kube: Kube, pubs: Publishers, n: int) -> Json:
     return out
 
 
-async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, plan: Plan,
-               layout: NodeLayout) -> Json:
+async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | None,
+               plan: Plan, layout: NodeLayout) -> Json:
     kube = Kube(cp.api.url, cp.api.token)
     tracker = Tracker(placements([d.to_dict() for d in layout.devices]), dra)
     names = [f"kwok-{i:04d}" for i in range(n)]
-    result: Json = {"nodes": n, "mode": "dra" if dra else "device-plugin", "phases": {}}
+    result: Json = {"nodes": n, "mode": "dra" if dra else "device-plugin", "client_qps": qps,
+                    "phases": {}}
     readings: list[tuple[str, procstat.Reading]] = [("start", procstat.read(cp.pids))]
     watches: list[asyncio.Task[None]] = []
     pubs: Publishers | None = None
@@ -172,11 +174,12 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, plan: Plan,
     return result
 
 
-def run(n: int, dra: bool, plan: Plan, kw: kwok.Kwok, layout: NodeLayout, work: Path) -> Json:
+def run(n: int, dra: bool, qps: float | None, plan: Plan, kw: kwok.Kwok, layout: NodeLayout,
+        work: Path) -> Json:
     """A fresh control plane and kwok for N nodes in one mode; stopped when done."""
-    with control_plane.start(work, client_qps=plan.client_qps) as cp:
+    with control_plane.start(work, client_qps=qps) as cp:
         cp.spawn("kwok", kwok.argv(kw, cp.api.kubeconfig))
         try:
-            return asyncio.run(_run(cp, n, dra, plan, layout))
+            return asyncio.run(_run(cp, n, dra, qps, plan, layout))
         except BenchError as e:
             raise BenchError(f"{e}\n{cp.tail()}") from e

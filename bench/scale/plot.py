@@ -21,8 +21,10 @@ def _series(result: Json, figure: str) -> dict[str, list[tuple[float, float]]]:
             continue
         ph = phases[0] if figure == "throughput_pods_per_s" else phases[-1]
         v = ph.get(figure)
+        q = r.get("client_qps")
+        label = r["mode"] + ("" if q is None else f", QPS {q:g}")
         if isinstance(v, int | float):
-            out.setdefault(r["mode"], []).append((float(r["nodes"]), float(v)))
+            out.setdefault(label, []).append((float(r["nodes"]), float(v)))
     return out
 
 
@@ -54,9 +56,10 @@ def _panel(x0: int, title: str, series: dict[str, list[tuple[float, float]]],
     g.append(f'<text x="{(left + right) / 2}" y="{H - 4}" text-anchor="middle" '
              'font-size="11">nodes (16 SoCs each)</text>')
     for k, (mode, pts) in enumerate(sorted(series.items())):
-        c = COLOURS.get(mode, "#333")
+        c = COLOURS.get(mode.split(",")[0], "#333")
+        dash = ' stroke-dasharray="5,3"' if "," in mode else ""
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(pts))
-        g.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
+        g.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
         g += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>' for x, y in pts]
         g.append(f'<text x="{right - 4}" y="{upper + 14 + 14 * k}" text-anchor="end" '
                  f'font-size="11" fill="{c}">{escape(mode)}</text>')

@@ -32,9 +32,14 @@ def _ratio(a: Any, b: Any) -> str:
     return ""
 
 
+def qps_label(q: float | None) -> str:
+    return "defaults" if q is None else f"QPS {q:g}"
+
+
 def one_line(r: Json) -> str:
     first: Json = next(iter(r["phases"].values()), {})
-    return (f"  {r['nodes']} nodes, {r['mode']}: {first.get('throughput_pods_per_s')} pods/s "
+    return (f"  {r['nodes']} nodes, client {qps_label(r.get('client_qps'))}, {r['mode']}: "
+            f"{first.get('throughput_pods_per_s')} pods/s "
             f"bound in the first fill ({first.get('created_pods_per_s')} created/s), "
             f"p99 creation->bound {_fmt(_get(first, 'create_to_bound_s', 'p99'))} s; "
             f"{r['seconds']} s")
@@ -94,12 +99,13 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
 
 
 def table(result: Json) -> str:
-    by_n: dict[int, dict[str, Json]] = {}
+    by_n: dict[tuple[int, str], dict[str, Json]] = {}
     for r in result["runs"]:
-        by_n.setdefault(r["nodes"], {})[r["mode"]] = r
-    out = ["| nodes | figure | device-plugin | DRA | DRA / device-plugin |",
+        by_n.setdefault((r["nodes"], qps_label(r.get("client_qps"))), {})[r["mode"]] = r
+    out = ["| nodes, client rate | figure | device-plugin | DRA | DRA / device-plugin |",
            "|---|---|---|---|---|"]
-    for n, modes in by_n.items():
+    for (nodes, qps), modes in by_n.items():
+        n = f"{nodes}, {qps}"
         dp, dra = modes.get("device-plugin", {}), modes.get("dra", {})
         phases = list((dra or dp).get("phases", {}))
         if not phases:
