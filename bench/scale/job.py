@@ -109,6 +109,7 @@ def smoke(work: Path, *, build: bool = True) -> dict[str, Any]:
     t0 = time.monotonic()
     result = run(QUICK, work / "scale", build=build)
     print(report.table(result))
+    print(report.profile(result))
     print(f"scale smoke: {time.monotonic() - t0:.0f} s", flush=True)
     return result
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["meta"]["seconds"] = round(time.monotonic() - started, 1)
     print()
     print(report.table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    print(report.profile(result))
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.json}")
     drawn = plot.draw(result, args.json.with_suffix(".svg"))

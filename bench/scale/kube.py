@@ -104,3 +104,22 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(w in head for w in want):
             total += float(value)
     return total
+
+
+def requests_by_kind(text: str) -> dict[str, float]:
+    """apiserver_request_total summed by `resource[/subresource] VERB` (codes and scopes
+    together): which requests a phase made, the profile behind its CPU per pod."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        head, _, value = line.rpartition(" ")
+        labels = dict(kv.split("=", 1) for kv in head[head.index("{") + 1:-1].split(",")
+                      if "=" in kv)
+        res = labels.get("resource", '""').strip('"')
+        sub = labels.get("subresource", '""').strip('"')
+        if not res:
+            continue  # /readyz, /metrics and the like
+        key = f"{res}{'/' + sub if sub else ''} {labels.get('verb', '').strip(chr(34))}"
+        out[key] = out.get(key, 0.0) + float(value)
+    return out

@@ -21,7 +21,7 @@ from typing import Any
 from bench.common.errors import BenchError
 
 from . import control_plane, kwok, manifests, procstat, summary
-from .kube import Kube
+from .kube import Kube, requests_by_kind
 from .load import Load
 from .publishers import NodeLayout, Publishers, slice_requests
 from .tracker import Tracker, placements
@@ -125,8 +125,19 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
         load = Load(kube, tracker, dra=dra, seed=plan.seed)
         total = n * layout.socs
 
+        requests_before = requests_by_kind(await kube.text("/metrics"))
+        result["api_requests_per_bound_pod"] = {}
+
         async def step(label: str, work: Awaitable[Any]) -> None:
+            nonlocal requests_before
             await work
+            now = requests_by_kind(await kube.text("/metrics"))
+            bound = sum(1 for r in tracker.pods.values()
+                        if r.bound is not None and r.bound >= readings[-1][1].at)
+            result["api_requests_per_bound_pod"][label] = {
+                k: round((v - requests_before.get(k, 0.0)) / max(bound, 1), 2)
+                for k, v in sorted(now.items()) if v - requests_before.get(k, 0.0) > 0}
+            requests_before = now
             for w in watches:
                 if w.done():
                     w.result()  # a watch that broke is an error, not a quiet figure

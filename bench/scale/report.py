@@ -117,3 +117,19 @@ def table(result: Json) -> str:
                 continue
             out.append(f"| {n} | {label} | {_fmt(a)} | {_fmt(b)} | {_ratio(a, b)} |")
     return "\n".join(out)
+
+
+def profile(result: Json, top: int = 10) -> str:
+    """Per run, the API requests per bound pod in the first fill, largest first: where the
+    control plane's work per pod goes (the profile behind a throughput miss)."""
+    lines = ["API requests per bound pod in the first fill (apiserver_request_total):"]
+    for r in result["runs"]:
+        first = next(iter(r.get("api_requests_per_bound_pod", {})), None)
+        if first is None:
+            continue
+        per = r["api_requests_per_bound_pod"][first]
+        total = sum(per.values())
+        items = sorted(per.items(), key=lambda kv: -kv[1])[:top]
+        lines.append(f"  {r['nodes']} nodes, {qps_label(r.get('client_qps'))}, {r['mode']}: "
+                     f"{total:.1f} in all; " + ", ".join(f"{k} {v:g}" for k, v in items))
+    return "\n".join(lines)
