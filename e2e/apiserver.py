@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,7 @@ class ApiServer:
         binaries: Binaries | None = None,
         extra_tokens: Mapping[str, tuple[str, str]] | None = None,  # token -> (user, group)
         timeout: float = 90.0,
+        extra_args: Sequence[str] = (),  # e.g. --feature-gates=..., --runtime-config=...
     ) -> Iterator[ApiServer]:
         bins = binaries or find_binaries()
         if bins is None:
@@ -139,6 +140,7 @@ class ApiServer:
                     "--service-cluster-ip-range=10.96.0.0/24",
                     "--enable-priority-and-fairness=false",
                     "--disable-admission-plugins=ServiceAccount",
+                    *extra_args,
                 ],
                 workdir,
             )

@@ -124,10 +124,10 @@ def _check_combinations(stack: str, s: StackSettings, secrets: set[str] | frozen
     if s.create_pull_secret and not s.registry_username:
         raise fail("createPullSecret", "true",
                    "needs 'qaic-k8s:registryUsername' and 'qaic-k8s:registryPassword'")
-    if s.dra and s.sku_based_resources:
-        raise fail("skuBasedResources", "true", "conflicts with 'qaic-k8s:allocationApi' = "
-                   "'dra' (a DRA device carries its SKU as an attribute; ask for a SKU with its "
-                   "DeviceClass instead of an extended resource)")
+    if s.ultra_one_card_namespaces and not s.one_card_rule:
+        raise fail("ultraOneCardNamespaces", list(s.ultra_one_card_namespaces), "has no effect "
+                   "unless 'qaic-k8s:allocationApi' is 'dra', 'qaic-k8s:skuBasedResources' is "
+                   "true and 'qaic-k8s:ultraOneCard' is true")
     if s.dra and s.allowed_device_shares > 1:
         raise fail("allowedDeviceShares", s.allowed_device_shares, "conflicts with "
                    "'qaic-k8s:allocationApi' = 'dra' (the DRA driver allocates whole SoCs)")

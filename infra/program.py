@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.cluster_apis import require_served
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.components.image import PluginImage, PluginImageArgs
 from infra.components.workloads import Workloads, WorkloadsArgs
@@ -100,7 +101,10 @@ def main() -> Program:
     """Entry point used by ``infra/__main__.py``: a config error ends the program with its
     one line and nothing else (see :data:`SHOWN_ERROR_EXIT`); otherwise the exports."""
     try:
-        program = run()
+        settings = settings_from_pulumi()
+        # The cluster serves what the settings ask for, before anything is declared.
+        require_served(pulumi.get_stack(), settings)
+        program = run(settings)
     except ConfigError as exc:
         pulumi.log.error(str(exc))
         raise SystemExit(SHOWN_ERROR_EXIT) from None

@@ -136,10 +136,17 @@ class StackSettings(PluginSettings):
         max_length=63,
         description="a DNS-1123 label",
     )
+    # --- DRA mode: pods written for device-plugin mode -----------------------------------
+    ultra_one_card: bool = Field(default=True, alias="ultraOneCard", description="true or false")
+    ultra_one_card_namespaces: tuple[str, ...] = Field(
+        default=(),
+        alias="ultraOneCardNamespaces",
+        description='a JSON array of "<label>=<value>" strings (namespace labels)',
+    )
     # --- CI ------------------------------------------------------------------------------
     ci_deploy: bool = Field(default=False, alias="ciDeploy", description="true or false")
 
-    @field_validator("node_selector", "tolerations", mode="before")
+    @field_validator("node_selector", "tolerations", "ultra_one_card_namespaces", mode="before")
     @classmethod
     def _arrays_from_json(cls, value: Any) -> Any:
         value = json_list(value)
@@ -154,7 +161,7 @@ class StackSettings(PluginSettings):
             raise ValueError(f"not a SKU: {value!r}")
         return value
 
-    @field_validator("node_selector")
+    @field_validator("node_selector", "ultra_one_card_namespaces")
     @classmethod
     def _check_selector(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
@@ -227,6 +234,16 @@ class StackSettings(PluginSettings):
         if not self.sku_based_resources:
             return RESOURCE_PREFIX
         return f"{RESOURCE_PREFIX}-ultra"
+
+    @property
+    def one_card_rule(self) -> bool:
+        """Pods asking for several `qaic-ultra` SoCs are rewritten to one card (DRA nodes
+        serve `qaic-ultra` only in SKU mode, see infra/components/one_card.py)."""
+        return self.dra and self.sku_based_resources and self.ultra_one_card
+
+    @property
+    def one_card_namespaces(self) -> dict[str, str]:
+        return {k: v for k, _, v in (i.partition("=") for i in self.ultra_one_card_namespaces)}
 
     @property
     def node_selector_map(self) -> dict[str, str]:

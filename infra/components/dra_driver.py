@@ -1,6 +1,7 @@
 """DraDriver: what ``allocationApi: dra`` deploys. The DeviceClasses (every SoC, and one per
 SKU), the driver's ClusterRole and binding, the ResourceSlice admission policy and its
-binding, and the DaemonSet running the plugin image in DRA mode (pod: :mod:`dra_pod`).
+binding, the DaemonSet running the plugin image in DRA mode (pod: :mod:`dra_pod`), and in SKU
+mode the one-card rule for pods written for device-plugin mode (:mod:`one_card`).
 
 Specs are in :mod:`infra.components.dra_objects`. The DaemonSet depends on the RBAC and the
 policy, so it starts with its permissions in place and, on a switch back to device-plugin
@@ -31,6 +32,7 @@ from infra.components.dra_objects import (
     slice_policy_spec,
 )
 from infra.components.dra_pod import dra_pod_spec
+from infra.components.one_card import OneCardRule, OneCardRuleArgs
 from infra.components.plugin_pod import daemonset_spec
 from infra.settings import StackSettings
 
@@ -74,7 +76,8 @@ class DraDriver(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         self.device_classes: list[k8s.resource.v1.DeviceClass] = []
-        for class_name, spec in device_classes():
+        classes = device_classes(sku_mode=s.sku_based_resources)
+        for class_name, spec in classes:
             suffix = "all" if class_name == ALL_SOCS_CLASS else class_name.split(".", 1)[0]
             self.device_classes.append(k8s.resource.v1.DeviceClass(
                 f"{name}-class-{suffix}",
@@ -82,7 +85,13 @@ class DraDriver(pulumi.ComponentResource):
                 spec=spec,
                 opts=child,
             ))
-        self.device_class_names = [n for n, _ in device_classes()]
+        self.device_class_names = [n for n, _ in classes]
+        # Pods written for device-plugin mode keep qaic-ultra requests on one card.
+        self.one_card: OneCardRule | None = None
+        if s.one_card_rule:
+            self.one_card = OneCardRule(f"{name}-one-card", OneCardRuleArgs(
+                namespaces=s.one_card_namespaces, labels=dra_labels("admission")),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=self.device_classes))
 
         self.cluster_role = k8s.rbac.v1.ClusterRole(
             f"{name}-role",

@@ -20,8 +20,17 @@ from __future__ import annotations
 
 import pulumi_kubernetes as k8s
 
-from qaic_device_plugin.config.contracts import SKU_NAMES
+from infra.components.dra_classes import (  # the DeviceClasses live there; names kept here
+    ALL_SOCS_CLASS,
+    device_classes,
+    driver_selector,
+    sku_class_name,
+    sku_selector,
+)
 from qaic_device_plugin.dra.backend import DRIVER_NAME
+
+__all__ = ["ALL_SOCS_CLASS", "device_classes", "driver_selector", "sku_class_name",
+           "sku_selector"]
 
 #: Attribute names the driver publishes per device (dra_backend.to_device).
 ATTR_SKU = "sku"
@@ -29,40 +38,12 @@ ATTR_CARD_ID = "cardID"
 #: ``matchAttribute`` of a constraint that keeps a request's SoCs on one card.
 CARD_ATTRIBUTE = f"{DRIVER_NAME}/{ATTR_CARD_ID}"
 
-#: The class of every SoC, named like the driver (as dra-example-driver's gpu.example.com).
-ALL_SOCS_CLASS = DRIVER_NAME
 #: Objects' names. The DaemonSet in DRA mode is a different object from the device plugin's
 #: (see device_plugin.py for why).
 DRA_APP_NAME = "qaic-dra-driver"
 CLUSTER_ROLE_NAME = "qaic-dra-driver"
 SLICE_POLICY_NAME = "qaic-dra-resourceslices"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
-
-
-def sku_class_name(sku: str) -> str:
-    """``ultra`` -> ``ultra.qaic.qualcomm.com`` (a DNS subdomain for every SKU name)."""
-    return f"{sku}.{DRIVER_NAME}"
-
-
-def driver_selector() -> str:
-    return f'device.driver == "{DRIVER_NAME}"'
-
-
-def sku_selector(sku: str) -> str:
-    return f'device.attributes["{DRIVER_NAME}"].{ATTR_SKU} == "{sku}"'
-
-
-def device_classes() -> list[tuple[str, k8s.resource.v1.DeviceClassSpecArgsDict]]:
-    """``(name, spec)`` of the all-SoCs class and one class per SKU the plugin knows."""
-    out: list[tuple[str, k8s.resource.v1.DeviceClassSpecArgsDict]] = [
-        (ALL_SOCS_CLASS, {"selectors": [{"cel": {"expression": driver_selector()}}]}),
-    ]
-    for sku in SKU_NAMES:
-        out.append((sku_class_name(sku), {"selectors": [
-            {"cel": {"expression": driver_selector()}},
-            {"cel": {"expression": sku_selector(sku)}},
-        ]}))
-    return out
 
 
 def cluster_role_rules() -> list[k8s.rbac.v1.PolicyRuleArgsDict]:

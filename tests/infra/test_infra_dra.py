@@ -89,13 +89,18 @@ def selects(spec: dict[str, Any], device: dict[str, Any]) -> bool:
 
 def test_device_classes_all_socs_and_one_per_sku_with_cel_selectors() -> None:
     classes = objects(run_dra(), "DeviceClass")
-    assert len(classes) == 1 + len(SKU_NAMES) == 10
-    assert set(classes) == {DRIVER_NAME} | {f"{sku}.{DRIVER_NAME}" for sku in SKU_NAMES}
+    cards = {f"ultra-{k}.{DRIVER_NAME}" for k in ("card", "3soc", "2soc")}  # one_card tests
+    assert len(classes) == 1 + len(SKU_NAMES) + len(cards) == 13
+    assert set(classes) == {DRIVER_NAME} | {f"{sku}.{DRIVER_NAME}" for sku in SKU_NAMES} | cards
+    soc = ('!has(device.attributes["qaic.qualcomm.com"].type) || '
+           'device.attributes["qaic.qualcomm.com"].type == "soc"')
     assert classes[DRIVER_NAME]["spec"]["selectors"] == [
-        {"cel": {"expression": 'device.driver == "qaic.qualcomm.com"'}}]
+        {"cel": {"expression": 'device.driver == "qaic.qualcomm.com"'}},
+        {"cel": {"expression": soc}}]
     assert classes["ultra.qaic.qualcomm.com"]["spec"]["selectors"] == [
         {"cel": {"expression": 'device.driver == "qaic.qualcomm.com"'}},
         {"cel": {"expression": 'device.attributes["qaic.qualcomm.com"].sku == "ultra"'}},
+        {"cel": {"expression": soc}},
     ]
 
 
@@ -317,9 +322,9 @@ def test_every_dra_object_is_strictly_valid_for_kubernetes_1_34_and_later() -> N
      "stack 'unit': 'qaic-k8s:allocationApi' is 'DRA', but it must be devicePlugin (kubelet "
      "device-plugin API, extended resources) or dra (Dynamic Resource Allocation driver, "
      "resource.k8s.io/v1)."),
-    ({"allocationApi": "dra", "skuBasedResources": "true"},
-     "stack 'unit': 'qaic-k8s:skuBasedResources' is 'true', which conflicts with "
-     "'qaic-k8s:allocationApi' = 'dra'"),
+    ({"allocationApi": "dra", "ultraOneCardNamespaces": '["team=dra"]'},
+     "stack 'unit': 'qaic-k8s:ultraOneCardNamespaces' is '[\"team=dra\"]', which has no "
+     "effect unless 'qaic-k8s:allocationApi' is 'dra', 'qaic-k8s:skuBasedResources' is true"),
     ({"allocationApi": "dra", "allowedDeviceShares": "2"},
      "stack 'unit': 'qaic-k8s:allowedDeviceShares' is '2', which conflicts with "
      "'qaic-k8s:allocationApi' = 'dra' (the DRA driver allocates whole SoCs)."),
