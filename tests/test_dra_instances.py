@@ -25,7 +25,7 @@ import pytest
 
 from qaic_device_plugin.dra.backend import DRIVER_NAME
 from qaic_device_plugin.kubelet.dra.checkpoint import Checkpoint
-from qaic_device_plugin.kubelet.dra.instances import GRPC_UNIX_PATH_MAX, SocketNames
+from qaic_device_plugin.kubelet.dra.instances import GRPC_UNIX_PATH_MAX, SocketNames, binding_path
 from qaic_device_plugin.kubelet.dra.node import NodeService
 from qaic_device_plugin.kubelet.dra.plugin import DraPlugin
 from qaic_device_plugin.kubelet.dra.types import (
@@ -134,6 +134,8 @@ async def test_per_pod_sockets_serve_side_by_side_and_hand_over(
         async with PluginProcess(dra_env(node, dirs, UID_B), tmp_path / "b.log") as b:
             await kubelet.wait_registered(DRIVER_NAME, count=2, timeout=30)
             names_b = SocketNames(DRIVER_NAME, dirs / "plugins", dirs / "registry", UID_B)
+            assert (names_b.dra.name, names_b.registration.name) == (  # kubeletplugin's
+                f"dra-{UID_B}.sock", f"{DRIVER_NAME}-{UID_B}-reg.sock")
             assert kubelet.plugins[DRIVER_NAME].endpoint == str(names_b.dra)
             assert [r.socket.name for r in kubelet.instances[DRIVER_NAME]] == [
                 f"{DRIVER_NAME}-{UID_A}-reg.sock", f"{DRIVER_NAME}-{UID_B}-reg.sock"]
@@ -277,14 +279,15 @@ def dir_of_length(base: Path, length: int) -> Path:
 async def test_socket_dirs_are_refused_exactly_when_the_bound_name_would_not_fit(
     node: FakeNode, dirs: Path, uid: str, tmp_path: Path
 ) -> None:
-    """A registry or plugins directory whose longest bound socket (the hidden name, with the
-    pod UID if set) exceeds grpc's 105 characters is refused with one line and exit 2. The
-    check ignored the hidden name and the UID: a 74-79 character directory passed and then
-    crashed grpc's bind with a traceback and exit 1. Not stricter than it must be: at exactly
-    the allowed length both sockets bind (named per pod with a UID) and register."""
-    names = SocketNames(DRIVER_NAME, Path("/"), Path("/"), uid)
-    room = GRPC_UNIX_PATH_MAX - names.longest_bound()
-    registry, plugins = dir_of_length(dirs / "r", room), dir_of_length(dirs / "p", room)
+    """A registry or plugins directory whose sockets cannot fit grpc's 105 characters, even
+    bound under their hidden names with the shortest per-pod names (kubeletplugin's hashed
+    fallbacks), is refused with one line and exit 2. The check ignored the hidden name and
+    the UID: a 74-79 character directory passed and then crashed grpc's bind with a
+    traceback and exit 1. Not stricter than it must be: at exactly the allowed length both
+    sockets bind, the hidden path exactly 105 characters, and register."""
+    plugins_room, registry_room = SocketNames(DRIVER_NAME, Path("/"), Path("/"), uid).room()
+    plugins = dir_of_length(dirs / "p", plugins_room)
+    registry = dir_of_length(dirs / "r", registry_room)
     env = {**dra_env(node, dirs, uid), "QAIC_DRA_REGISTRY_DIR": str(registry),
            "QAIC_DRA_PLUGINS_DIR": str(plugins)}
     async with (DraKubeletSim(registry) as kubelet,
@@ -292,9 +295,13 @@ async def test_socket_dirs_are_refused_exactly_when_the_bound_name_would_not_fit
         reg = await kubelet.wait_registered(DRIVER_NAME, timeout=30)
         at_limit = SocketNames(DRIVER_NAME, plugins, registry, uid)
         assert (reg.endpoint, reg.socket) == (str(at_limit.dra), at_limit.registration)
+        for path in (at_limit.dra, at_limit.registration):
+            assert len(str(binding_path(path))) == GRPC_UNIX_PATH_MAX
+            assert not uid or uid not in path.name  # the hashed names
         assert proc.returncode is None
 
-    for setting in ("QAIC_DRA_REGISTRY_DIR", "QAIC_DRA_PLUGINS_DIR"):
+    for setting, room in (("QAIC_DRA_PLUGINS_DIR", plugins_room),
+                          ("QAIC_DRA_REGISTRY_DIR", registry_room)):
         too_long = dir_of_length(dirs, room + 1)
         env = {**os.environ, **dra_env(node, dirs, uid), setting: str(too_long)}
         refused = await asyncio.create_subprocess_exec(

@@ -13,24 +13,25 @@ from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..config.settings import SettingsError
-from ..kubelet.dra.instances import GRPC_UNIX_PATH_MAX, POD_UID_MAX, SocketNames
+from ..kubelet.dra.instances import POD_UID_MAX, SocketNames
 from .backend import DRIVER_NAME
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _POD_UID = re.compile(rf"^[a-z0-9][-a-z0-9]{{0,{POD_UID_MAX - 1}}}$")
 
 
-def _room(pod_uid: str) -> int:
-    """Characters a plugins or registry directory may have: the longest socket this driver
-    binds there (the hidden name, `pod_uid` in it) must fit grpc's Unix socket path limit."""
-    names = SocketNames(DRIVER_NAME, Path("/"), Path("/"), pod_uid)
-    return GRPC_UNIX_PATH_MAX - names.longest_bound()
+def _room(pod_uid: str) -> tuple[int, int]:
+    """Characters the plugins and the registry directory may have: the shortest socket name
+    this driver can use there, bound under its hidden name, must fit grpc's limit."""
+    return SocketNames(DRIVER_NAME, Path("/"), Path("/"), pod_uid).room()
 
 
-_DIR_ACCEPTED = (
-    f"a directory path of at most {_room('')} characters, {_room('u' * POD_UID_MAX)} with "
-    f"QAIC_DRA_POD_UID set (the sockets in it must fit a Unix socket path)"
-)
+def _dir_accepted(which: int) -> str:
+    return (
+        f"a directory path of at most {_room('')[which]} characters, "
+        f"{_room('u' * POD_UID_MAX)[which]} with QAIC_DRA_POD_UID set (the sockets in it "
+        "must fit a Unix socket path)"
+    )
 
 
 def _env(name: str, default: object, accepted: str) -> object:
@@ -53,10 +54,10 @@ class DraSettings(BaseSettings):
         f"'-', at most {POD_UID_MAX} characters",
     )
     plugins_dir: Path = _env(  # type: ignore[assignment]
-        "QAIC_DRA_PLUGINS_DIR", Path("/var/lib/kubelet/plugins"), _DIR_ACCEPTED
+        "QAIC_DRA_PLUGINS_DIR", Path("/var/lib/kubelet/plugins"), _dir_accepted(0)
     )
     registry_dir: Path = _env(  # type: ignore[assignment]
-        "QAIC_DRA_REGISTRY_DIR", Path("/var/lib/kubelet/plugins_registry"), _DIR_ACCEPTED
+        "QAIC_DRA_REGISTRY_DIR", Path("/var/lib/kubelet/plugins_registry"), _dir_accepted(1)
     )
     kubeconfig: Path | None = _env(  # type: ignore[assignment]
         "QAIC_KUBECONFIG", None, "a kubeconfig file path; unset: the pod's service account"
@@ -84,7 +85,8 @@ class DraSettings(BaseSettings):
     def _short(cls, v: Path, info: ValidationInfo) -> Path:
         """Checked against the name actually bound (hidden, and per pod with a UID): a longer
         path passed and then crashed grpc's bind with a traceback (issue 19)."""
-        if len(str(v)) > _room(str(info.data.get("pod_uid", ""))):
+        which = 0 if info.field_name == "plugins_dir" else 1
+        if len(str(v)) > _room(str(info.data.get("pod_uid", "")))[which]:
             raise ValueError("too long for the sockets in it")
         return v
 

@@ -19,8 +19,10 @@ take turns on the shared checkpoint.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -49,8 +51,29 @@ def binding_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def _hash(data: str, size: int) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data.encode()).digest()[:size]).decode()[
+        : (size * 8 + 5) // 6]
+
+
+def _fitting(directory: Path, candidates: list[str]) -> Path:
+    """The first name whose bound (hidden) path fits grpc's limit, else the last (shortest):
+    the settings refuse a directory too long even for that one."""
+    for name in candidates:
+        if len(str(binding_path(directory / name))) <= GRPC_UNIX_PATH_MAX:
+            return directory / name
+    return directory / candidates[-1]
+
+
 @dataclass(frozen=True)
 class SocketNames:
+    """Where an instance binds. With a pod UID the registration socket is named as
+    kubeletplugin v0.37's RollingUpdateRegistrarSocketFile names it, the first that fits:
+    `<driver>-<uid>-reg.sock`, `<driver>-<b64(sha256(uid))[:8 bytes]>-reg.sock`,
+    `dra-<b64(sha256(driver NUL uid))[:16 bytes]>-reg.sock`; the DRA socket `dra-<uid>.sock`
+    as upstream's, or (our addition, for long kubelet directories) `dra-<b64(sha256(uid))[:8
+    bytes]>.sock`. kubelet does not care: registration tells it the endpoint."""
+
     driver: str
     plugins_dir: Path
     registry_dir: Path
@@ -60,20 +83,32 @@ class SocketNames:
     def driver_dir(self) -> Path:
         return self.plugins_dir / self.driver
 
+    def dra_candidates(self) -> list[str]:
+        if not self.pod_uid:
+            return [DRA_SOCKET]
+        return [f"dra-{self.pod_uid}.sock", f"dra-{_hash(self.pod_uid, 8)}.sock"]
+
+    def registration_candidates(self) -> list[str]:
+        if not self.pod_uid:
+            return [f"{self.driver}-reg.sock"]
+        uid = self.pod_uid
+        return [f"{self.driver}-{uid}-reg.sock", f"{self.driver}-{_hash(uid, 8)}-reg.sock",
+                f"dra-{_hash(self.driver + chr(0) + uid, 16)}-reg.sock"]
+
     @property
     def dra(self) -> Path:
-        if not self.pod_uid:
-            return self.driver_dir / DRA_SOCKET
-        return self.driver_dir / f"dra-{self.pod_uid}.sock"
+        return _fitting(self.driver_dir, self.dra_candidates())
 
     @property
     def registration(self) -> Path:
-        uid = f"-{self.pod_uid}" if self.pod_uid else ""
-        return self.registry_dir / f"{self.driver}{uid}-reg.sock"
+        return _fitting(self.registry_dir, self.registration_candidates())
 
-    def longest_bound(self) -> int:
-        """Characters of the longest socket path bound (a hidden name; equal for both dirs)."""
-        return max(len(str(binding_path(p))) for p in (self.dra, self.registration))
+    def room(self) -> tuple[int, int]:
+        """The longest plugins and registry directory paths whose sockets (the shortest
+        names, bound under their hidden names) fit grpc's limit."""
+        dra = binding_path(Path(self.driver) / self.dra_candidates()[-1])
+        reg = binding_path(Path(self.registration_candidates()[-1]))
+        return (GRPC_UNIX_PATH_MAX - 1 - len(str(dra)), GRPC_UNIX_PATH_MAX - 1 - len(str(reg)))
 
     def ours_or_a_peers(self, path: Path) -> bool:
         """A socket (or its hidden binding) of this driver, of any instance."""
