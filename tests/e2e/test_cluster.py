@@ -30,6 +30,7 @@ from cluster.inspect import (
 )
 from cluster.stack import Stack, cluster_for_tests
 from cluster.tools import missing_prerequisites
+from workloads.samples import QAIC_GROUP_ID, WORKLOAD_UID, show_command
 
 pytestmark = pytest.mark.e2e
 
@@ -260,6 +261,90 @@ def test_mixed_sku_container_is_refused(cluster: Cluster, stack: Stack) -> None:
                            input=json.dumps(pod))
     assert proc.returncode != 0
     assert "qaic-one-resource-per-container" in proc.stderr and "one SKU" in proc.stderr
+
+
+ULTRA_RES = "qualcomm.com/qaic-ultra"
+
+
+def resource_pod(name: str, limits: dict[str, str]) -> dict[str, Any]:
+    """A pod as Qualcomm's samples write one (extended resources in `limits`), at the
+    samples' namespace's restricted Pod Security level."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": SAMPLES_NS},
+            "spec": {"restartPolicy": "Never",
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": WORKLOAD_UID,
+                                         "runAsGroup": QAIC_GROUP_ID,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{
+                         "name": "qaic", "image": "localhost/qaic-sample:e2e",
+                         "imagePullPolicy": "Never", "command": show_command(stay=True),
+                         "resources": {"limits": limits},
+                         "securityContext": {"allowPrivilegeEscalation": False,
+                                             "capabilities": {"drop": ["ALL"]}}}]}}
+
+
+def free_ultra_by_card(cluster: Cluster) -> dict[str, int]:
+    """Free Ultra SoCs per card, from what kubelet says running containers hold."""
+    held = {i.split("::")[0] for d in held_devices() for i in d.device_ids}
+    out: dict[str, int] = {}
+    for s in cluster.node.fake.socs:
+        if s.sku.value == "ultra":
+            out[s.card_id] = out.get(s.card_id, 0) + (s.pci_address not in held)
+    return out
+
+
+def socs_seen(cluster: Cluster, name: str) -> list[Any]:
+    """The SoCs a running pod's container sees, checked against kubelet's record."""
+    by_qid = {s.qid: s for s in cluster.node.fake.socs}
+    view = container_view(cluster, SAMPLES_NS, name)
+    mine = [by_qid[int(q)] for q in view.visible.split(",")]
+    assert view.accels == {s.accel_index for s in mine}, (view, mine)
+    [d] = [d for d in held_devices() if d.pod == name]
+    assert {i.split("::")[0] for i in d.device_ids} == {s.pci_address for s in mine}
+    return mine
+
+
+def test_device_plugin_pods_keep_one_card(cluster: Cluster, stack: Stack) -> None:
+    """Issue 23, device-plugin half (test_cluster_dra.py runs the same scenario in DRA mode):
+    with the first card partly used by the samples, `qaic-ultra: 4` gets the four SoCs of the
+    free card and `qaic-ultra: 2` two SoCs of the partly used one (the plugin's preferred
+    allocation), and another `qaic-ultra: 4` stays Pending with the scheduler's reason (no
+    Ultra SoC left). Device-plugin mode cannot hold a pod back while 4 SoCs are free across
+    cards: the scheduler only counts them (docs/dra.md)."""
+    def running(name: str) -> bool:
+        return bool(cluster.get("pod", "-n", SAMPLES_NS, name)["status"].get("phase")
+                    == "Running")
+
+    def create(name: str, socs: int) -> None:
+        pod = resource_pod(name, {ULTRA_RES: str(socs)})
+        cluster.kubectl("create", "-f", "-", input=json.dumps(pod))
+
+    room = free_ultra_by_card(cluster)
+    assert sorted(room.values()) == [2, 4], room
+    try:
+        create("four", 4)
+        cluster.wait_for("pod four to run", lambda: running("four"))
+        four = socs_seen(cluster, "four")
+        assert len(four) == 4 and len({s.card_id for s in four}) == 1
+        create("two", 2)
+        cluster.wait_for("pod two to run", lambda: running("two"))
+        two = socs_seen(cluster, "two")
+        assert len(two) == 2 and len({s.card_id for s in two}) == 1
+        assert two[0].card_id != four[0].card_id
+        create("four-more", 4)
+
+        def reason() -> str:
+            events = cluster.get("events", "-n", SAMPLES_NS, "--field-selector",
+                                 "involvedObject.name=four-more,reason=FailedScheduling")
+            return " ".join(e["message"] for e in events["items"])
+
+        cluster.wait_for("four-more's FailedScheduling", lambda: bool(reason()))
+        assert f"Insufficient {ULTRA_RES}" in reason(), reason()
+        pending = cluster.get("pod", "-n", SAMPLES_NS, "four-more")
+        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+    finally:
+        cluster.kubectl("delete", "pod", "-n", SAMPLES_NS, "four", "two", "four-more",
+                        "--ignore-not-found", "--wait=true", timeout=120)
 
 
 def test_sample_deployment_stops_on_sigterm(cluster: Cluster, stack: Stack) -> None:
