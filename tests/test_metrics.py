@@ -235,6 +235,9 @@ def test_label_values_stay_bounded(node: FakeNode) -> None:
     d.scan()
     m.registration_failed(ULTRA, f"UNKNOWN: {pci} /dev/accel/accel3")
     m.on_allocate(ULTRA, 2)
+    m.slice_publish_failed("422")
+    m.slice_publish_failed("unreachable")
+    m.slices_synced(applied=2, deleted=1)
     allowed = {
         "resource": {ULTRA, "qualcomm.com/qaic-std", "qualcomm.com/qaic-pro"},
         "health": {"healthy", "unhealthy"},
@@ -242,6 +245,7 @@ def test_label_values_stay_bounded(node: FakeNode) -> None:
         "signal": {s.value for s in Signal},
         "rpc": {"allocate", "preferred"},
         "kind": {"first", "re"},
+        "op": {"apply", "delete"},  # DRA mode's slice writes
         "version": {__version__},
     }
     for (_, labels), _v in samples(m).items():
@@ -251,6 +255,8 @@ def test_label_values_stay_bounded(node: FakeNode) -> None:
                 assert v in allowed[k], (k, v)
             elif k == "code":
                 assert re.fullmatch(r"[A-Z_]+", v)
+            elif k == "status":  # DRA slice publish failures: an HTTP status
+                assert re.fullmatch(r"\d{3}|unreachable|other", v), v
             else:
                 assert k == "le", k
 

@@ -9,8 +9,9 @@ are prepared through the generic kubelet/dra machinery.
 
 With QAIC_METRICS_PORT (as in device-plugin mode) it serves /metrics (the SoC gauges and
 health counters, resource label `qaic.qualcomm.com`), /healthz (every loop runs) and /readyz
-(registered with kubelet and the node's ResourceSlices published), so the DaemonSet's probes
-restart a wedged driver and rollouts wait for the slices.
+(registered with kubelet and the server holding the node's ResourceSlices as wanted: 503
+while kubelet's start-up wipe has them missing or a write is refused), so the DaemonSet's
+probes restart a wedged driver and rollouts wait for the slices.
 """
 
 from __future__ import annotations
@@ -81,8 +82,7 @@ class DraApp:
         self._devices: list[Device] = []
         self._dirty = asyncio.Event()
         self._publish = asyncio.Event()
-        self._published: int | None = None  # pool generation last written, None: not yet
-        self._publish_error: str | None = None
+        self.plugin.registration.on_registered.append(self._publish.set)
         self._tasks: list[asyncio.Task[None]] = []
         self.state: NodeState | None = None
 
@@ -119,19 +119,22 @@ class DraApp:
                 self._dirty.set()
 
     async def _publisher(self) -> None:
-        """Publish on every change; re-list now and then (someone may have edited our slices);
-        back off while the API server is unreachable, never give up."""
-        delay, force = RETRY_SECONDS[0], True
+        """Sync the node's ResourceSlices with the server on every change of the SoCs, every
+        (re-)registration with kubelet (a restarted kubelet wipes them), every change by
+        someone else that the slice watch reports, and every QAIC_DRA_SLICE_RESYNC_SECONDS.
+        A sync lists and writes only what differs. Back off while the API server refuses
+        or is unreachable (counted, and /readyz says why), never give up."""
+        delay = RETRY_SECONDS[0]
         while True:
             await wait_event(self._publish, self.dra.slice_resync_seconds)
-            force |= not self._publish.is_set()
             self._publish.clear()
             try:
-                await self.publisher.publish(self._devices, force=force)
-                delay, force = RETRY_SECONDS[0], False
-                self._published, self._publish_error = self.publisher.generation, None
+                done = await self.publisher.sync(self._devices)
             except (ApiError, httpx2.HTTPError) as e:
-                self._publish_error = str(e)
+                status = "unreachable"
+                if isinstance(e, ApiError):
+                    status = str(e.status.code or "other")
+                self.metrics.slice_publish_failed(status)
                 log.warning(
                     "ResourceSlices not published; retrying",
                     extra={"event": "dra_publish_failed", "error": str(e), "retry_in": delay},
@@ -139,6 +142,9 @@ class DraApp:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])
                 self._publish.set()
+            else:
+                self.metrics.slices_synced(done.applied, done.deleted)
+                delay = RETRY_SECONDS[0]
 
     # -- probes ------------------------------------------------------------------------------
 
@@ -148,12 +154,13 @@ class DraApp:
         return "loops stopped: " + ", ".join(dead) if dead else None
 
     def readiness(self) -> str | None:
-        """Why the driver is not ready (/readyz), or None once kubelet has registered it and
-        its node's ResourceSlices are written (the scheduler can place claims here)."""
+        """Why the driver is not ready (/readyz), or None while kubelet has it registered and
+        the server holds its node's ResourceSlices as wanted (the scheduler can place claims
+        here): not after a failed write, nor while slices someone deleted are missing."""
         if not self.plugin.registration.registered.is_set():
             return "not registered with kubelet"
-        if self._published is None:
-            return f"ResourceSlices not published yet: {self._publish_error or 'starting'}"
+        if self.publisher.problem is not None:
+            return f"ResourceSlices not in place: {self.publisher.problem}"
         return None
 
     def _http(self) -> Coroutine[Any, Any, None]:
@@ -177,6 +184,7 @@ class DraApp:
             "resync": self._resync(),
             "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
             "slice-publisher": self._publisher(),
+            "slice-watch": self.publisher.watch(self._publish.set),
             "dra-sockets": self.plugin.run(),
         }
 

@@ -99,7 +99,31 @@ class Metrics(MetricsSink):
             buckets=REACTION_BUCKETS,
             registry=r,
         )
+        self.slice_syncs = Counter(
+            "qaic_dra_slice_syncs",
+            "DRA mode: ResourceSlice syncs that succeeded (each one list; writes only on change)",
+            registry=r,
+        )
+        self.slice_writes = Counter(
+            "qaic_dra_slice_writes",
+            "DRA mode: ResourceSlice writes (op=apply or delete); none while nothing changes",
+            ["op"],
+            registry=r,
+        )
+        self.slice_publish_failures = Counter(
+            "qaic_dra_slice_publish_failures",
+            "DRA mode: ResourceSlice syncs that failed, by HTTP status (unreachable: no answer)",
+            ["status"],
+            registry=r,
+        )
+        self.slices_failing = Gauge(
+            "qaic_dra_slice_publish_failing",
+            "DRA mode: 1 while the last ResourceSlice sync failed (/readyz says why)",
+            registry=r,
+        )
         # Series that exist from the start, so rate() and absent() work before the first event.
+        for op in ("apply", "delete"):
+            self.slice_writes.labels(op)
         for signal in Signal:
             self.signal_read_failures.labels(signal.value)
             for to in (HEALTHY, UNHEALTHY):
@@ -177,6 +201,20 @@ class Metrics(MetricsSink):
             raise ValueError(f"unknown rpc {rpc!r}; expected one of {', '.join(RPCS)}")
         self._know(resource)
         self.cross_card.labels(resource, rpc).inc()
+
+    # -- DRA ResourceSlices ------------------------------------------------------------------
+
+    def slices_synced(self, applied: int, deleted: int) -> None:
+        """A sync that succeeded, with the writes it needed (0 and 0: all was in place)."""
+        self.slice_syncs.inc()
+        self.slice_writes.labels("apply").inc(applied)
+        self.slice_writes.labels("delete").inc(deleted)
+        self.slices_failing.set(0)
+
+    def slice_publish_failed(self, status: str) -> None:
+        """`status`: the HTTP status (e.g. "422") or "unreachable"; bounded by construction."""
+        self.slice_publish_failures.labels(status).inc()
+        self.slices_failing.set(1)
 
     # -- ManagerObserver ---------------------------------------------------------------------
 

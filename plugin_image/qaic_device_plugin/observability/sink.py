@@ -31,6 +31,10 @@ class MetricsSink(ManagerObserver):
 
     def on_cross_card(self, resource: str, rpc: str) -> None: ...
 
+    def slices_synced(self, applied: int, deleted: int) -> None: ...
+
+    def slice_publish_failed(self, status: str) -> None: ...
+
 
 def metrics_for(port: int) -> MetricsSink:
     """Prometheus metrics when they are served (a port), else the no-op sink."""

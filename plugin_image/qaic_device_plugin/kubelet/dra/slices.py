@@ -1,27 +1,61 @@
 """Publish one node-local pool of devices as ResourceSlices, like kubeletplugin's controller.
 
-The pool is named after the node and split into slices of at most 128 devices (the v1 limit),
-named `<node>-<driver>-<i>` and owned by the Node (garbage-collected with it). Any change
-bumps the pool generation, so the scheduler never mixes old and new slices. Writes use
-server-side apply; slices no longer needed are deleted. A device with taints whose taints the
-server drops (API without device taints) is withdrawn instead: a bad device is never offered.
+The pool is named after the node and laid out by slice_layout (64 devices a slice, names that
+always fit). Each sync compares the wanted slices with the server's (a fresh list), and writes
+only what differs: nothing when nothing changed, so a periodic resync costs one list, not a
+write per slice. The pool generation moves only when the slices change; as upstream's
+controller does, it is kept when one existing slice is updated in place (the scheduler sees
+that change atomically) and bumped when slices are created, deleted or several change.
+Slices are owned by the Node (garbage-collected with it) and written with server-side apply.
+
+`watch` follows our slices on the server and asks for a sync whenever someone else deleted or
+changed one: kubelet deletes every slice of its node when it starts, possibly after the driver
+has registered again. Until the next sync has put them back, `problem` says why the server's
+slices are not the wanted ones (readiness reports it).
+
+A device with taints whose taints the server drops (API without device taints) is withdrawn
+instead: a bad device is never offered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx2
 from lightkube import ApiError, AsyncClient
-from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
-from lightkube.models.resource_v1 import Device, ResourcePool, ResourceSliceSpec
+from lightkube.models.resource_v1 import Device
 from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
+from . import slice_layout as layout
+
 log = logging.getLogger(__name__)
 
-MAX_DEVICES_PER_SLICE = 128
+WATCH_RETRY_SECONDS = (0.2, 10.0)
+WATCH_SERVER_TIMEOUT = 300  # the server ends each watch; a silently dead connection can't hang
+
+Json = dict[str, Any]
+
+
+@dataclass
+class SyncResult:
+    applied: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class _Written:
+    """Our last write of a slice: what we sent, what the server stored, at which version.
+    A stored spec equal to `got` for a wanted spec equal to `sent` is in place even if the
+    server normalised something we don't know about (no write loop on such a field)."""
+
+    sent: Json
+    got: Json
+    version: str | None
 
 
 class SlicePublisher:
@@ -29,21 +63,28 @@ class SlicePublisher:
         self._client = client
         self.driver = driver
         self.node = node
-        self._owner: list[OwnerReference] | None = None
-        self._published: list[dict[str, Any]] | None = None
+        self._owner: list[Json] | None = None
+        self._written: dict[str, _Written] = {}
+        self._wanted: set[str] = set()  # names of the slices the last sync wanted
+        self._deletions = 0  # deletions of wanted slices the watch has seen
         self.generation = 0
         self.taints_dropped = False  # learnt from the server: it does not store device taints
+        self.problem: str | None = "not published yet"
 
     def slice_name(self, i: int) -> str:
-        return f"{self.node}-{self.driver}-{i}"
+        return layout.slice_name(self.node, self.driver, i)
 
-    async def _owner_refs(self) -> list[OwnerReference]:
+    @property
+    def _fields(self) -> dict[str, Any]:
+        return {"spec.driver": self.driver, "spec.nodeName": self.node}
+
+    async def _owner_refs(self) -> list[Json]:
         if self._owner is None:
             try:
                 node = await self._client.get(Node, self.node)
                 uid = node.metadata.uid if node.metadata else None
                 self._owner = (
-                    [OwnerReference(apiVersion="v1", kind="Node", name=self.node, uid=uid or "")]
+                    [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": uid}]
                     if uid
                     else []
                 )
@@ -55,57 +96,93 @@ class SlicePublisher:
                 self._owner = []
         return self._owner
 
-    async def _existing(self) -> dict[str, ResourceSlice]:
-        fields: dict[str, Any] = {"spec.driver": self.driver, "spec.nodeName": self.node}
-        out: dict[str, ResourceSlice] = {}
-        async for s in self._client.list(ResourceSlice, fields=fields):
+    async def _stored(self) -> dict[str, Json]:
+        out: dict[str, Json] = {}
+        async for s in self._client.list(ResourceSlice, fields=self._fields):
             if s.metadata and s.metadata.name:
-                out[s.metadata.name] = s
-                self.generation = max(self.generation, s.spec.pool.generation)
+                out[s.metadata.name] = s.to_dict()
         return out
 
-    async def publish(self, devices: Sequence[Device], *, force: bool = False) -> bool:
-        """Make the server's slices equal `devices`; True when anything was written.
+    def _in_place(self, name: str, want: Json, stored: Json | None) -> bool:
+        if stored is None:
+            return False
+        have = stored.get("spec", {})
+        if have == want:
+            return True
+        w = self._written.get(name)
+        return w is not None and w.sent == want and w.got == have
 
-        Raises lightkube.ApiError or httpx2.HTTPError; the caller retries.
-        """
+    async def sync(self, devices: Sequence[Device]) -> SyncResult:
+        """Make the server's slices equal `devices`; says what was written.
+
+        Raises lightkube.ApiError or httpx2.HTTPError (problem then says why); the caller
+        retries."""
+        deletions = self._deletions
+        try:
+            result = await self._sync(devices)
+        except (ApiError, httpx2.HTTPError) as e:
+            self.problem = f"publishing failed: {e}"
+            raise
+        if self._deletions == deletions:  # no deletion seen since the list: all in place
+            self.problem = None
+        return result
+
+    async def _sync(self, devices: Sequence[Device]) -> SyncResult:
         offered = [d for d in devices if not (self.taints_dropped and d.taints)]
         want = [d.to_dict() for d in sorted(offered, key=lambda d: d.name)]
-        if want == self._published and not force:
-            return False
-        existing = await self._existing()
-        self.generation += 1
-        chunks = [
-            want[i : i + MAX_DEVICES_PER_SLICE] for i in range(0, len(want), MAX_DEVICES_PER_SLICE)
+        groups = layout.split(want)
+        names = [self.slice_name(i) for i in range(len(groups))]
+        self._wanted = set(names)
+        stored = await self._stored()
+        gen = max([self.generation, *(s["spec"]["pool"]["generation"] for s in stored.values())])
+        old_devices = {
+            d["name"]: d for s in stored.values() for d in s["spec"].get("devices") or ()
+        }
+        groups = [layout.keep_taint_times(g, old_devices) for g in groups]
+
+        def specs(generation: int) -> list[Json]:
+            return [
+                layout.spec(self.driver, self.node, generation, len(groups), g) for g in groups
+            ]
+
+        wanted = specs(gen)
+        changed = [
+            i for i, n in enumerate(names) if not self._in_place(n, wanted[i], stored.get(n))
         ]
+        leftovers = sorted(set(stored) - set(names))
+        result = SyncResult()
+        if not changed and not leftovers:
+            self.generation = gen
+            return result
+        if gen == 0 or leftovers or len(changed) > 1 or any(n not in stored for n in names):
+            gen += 1  # more than one write, or a create: a new generation the scheduler waits on
+            wanted, changed = specs(gen), list(range(len(names)))
+        self.generation = gen
         owner = await self._owner_refs()
         stored_taints = True
-        for i, chunk in enumerate(chunks):
-            body = ResourceSlice(
-                metadata=ObjectMeta(name=self.slice_name(i), ownerReferences=owner or None),
-                spec=ResourceSliceSpec(
-                    driver=self.driver,
-                    nodeName=self.node,
-                    pool=ResourcePool(
-                        name=self.node, generation=self.generation, resourceSliceCount=len(chunks)
-                    ),
-                    devices=[cast(Device, Device.from_dict(d)) for d in chunk],
-                ),
-            )
-            got = await self._client.apply(body, field_manager=self.driver, force=True)
-            sent = sum(1 for d in chunk if d.get("taints"))
-            kept = sum(1 for d in (got.spec.devices or ()) if d.taints)
+        for i in changed:
+            got = await self._apply(names[i], wanted[i], owner)
+            result.applied += 1
+            sent = sum(1 for d in wanted[i]["devices"] if d.get("taints"))
+            kept = sum(1 for d in got.get("devices") or () if d.get("taints"))
             stored_taints &= kept == sent
-        for name in sorted(set(existing) - {self.slice_name(i) for i in range(len(chunks))}):
-            await self._client.delete(ResourceSlice, name)
-        self._published = want
+        for name in leftovers:
+            try:
+                await self._client.delete(ResourceSlice, name)
+            except ApiError as e:
+                if e.status.code != 404:  # gone already (kubelet's wipe, say): that is done
+                    raise
+            self._written.pop(name, None)
+            result.deleted += 1
         log.info(
             "ResourceSlices published",
             extra={
                 "event": "dra_slices",
                 "devices": len(want),
-                "slices": len(chunks),
-                "generation": self.generation,
+                "slices": len(names),
+                "applied": result.applied,
+                "deleted": result.deleted,
+                "generation": gen,
             },
         )
         if not stored_taints and not self.taints_dropped:
@@ -114,12 +191,66 @@ class SlicePublisher:
                 extra={"event": "dra_taints_unsupported"},
             )
             self.taints_dropped = True
-            return await self.publish(devices, force=True)
-        return True
+            again = await self._sync(devices)
+            return SyncResult(result.applied + again.applied, result.deleted + again.deleted)
+        return result
+
+    async def _apply(self, name: str, spec: Json, owner: list[Json]) -> Json:
+        metadata: Json = {"name": name}
+        if owner:
+            metadata["ownerReferences"] = owner
+        body = cast(ResourceSlice, ResourceSlice.from_dict(
+            {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+             "metadata": metadata, "spec": spec}
+        ))
+        got = await self._client.apply(body, field_manager=self.driver, force=True)
+        stored = cast(Json, got.to_dict().get("spec", {}))
+        version = got.metadata.resourceVersion if got.metadata else None
+        self._written[name] = _Written(spec, stored, version)
+        return stored
+
+    def _echo(self, name: str, version: str | None) -> bool:
+        w = self._written.get(name)
+        return w is not None and version is not None and w.version == version
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Follow our slices on the server until cancelled; `wake()` asks for a sync whenever
+        the server's copy may now differ from ours (not for the echo of our own writes).
+        A deleted slice we want also sets `problem` until a sync has put it back. Each
+        (re)connect replays the current slices, so nothing missed while away stays missed."""
+        delay = WATCH_RETRY_SECONDS[0]
+        while True:
+            try:
+                events = self._client.watch(
+                    ResourceSlice, fields=self._fields, server_timeout=WATCH_SERVER_TIMEOUT
+                )
+                async for op, s in events:
+                    delay = WATCH_RETRY_SECONDS[0]
+                    name = (s.metadata and s.metadata.name) or ""
+                    version = s.metadata.resourceVersion if s.metadata else None
+                    if op == "DELETED" and name in self._wanted:
+                        self._deletions += 1
+                        self.problem = f"ResourceSlice {name} was deleted; publishing it again"
+                        log.warning(
+                            "our ResourceSlice was deleted by someone else; publishing again",
+                            extra={"event": "dra_slice_deleted", "slice": name},
+                        )
+                    elif op != "DELETED" and self._echo(name, version):
+                        continue
+                    wake()
+            except (ApiError, httpx2.HTTPError) as e:
+                log.warning(
+                    "watching ResourceSlices failed; retrying",
+                    extra={"event": "dra_slice_watch_failed", "error": str(e), "retry_in": delay},
+                )
+                wake()  # whatever happened meanwhile: the next sync lists it
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_RETRY_SECONDS[1])
 
     async def withdraw(self) -> None:
         """Delete every slice of ours on this node (clean shutdown is NOT a reason: kubelet's
         prepared claims stay valid; this is for tests and for decommissioning)."""
-        for name in sorted(await self._existing()):
+        self._wanted = set()
+        for name in sorted(await self._stored()):
             await self._client.delete(ResourceSlice, name)
-        self._published = None
+        self._written.clear()
