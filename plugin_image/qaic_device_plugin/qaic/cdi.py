@@ -1,8 +1,11 @@
 """A Container Device Interface (CDI) spec for the node's SoCs.
 
 With CDI on, Allocate also names each SoC as `qualcomm.com/qaic=<name>` in `cdi_devices`, and
-a CDI-aware runtime (containerd >= 1.7, CRI-O >= 1.23 with CDI enabled) applies the spec's
-edits itself. The spec follows CDI spec 0.6.0 (SPEC.md in cncf-tags/container-device-interface):
+a CDI-aware runtime (containerd >= 1.7, CRI-O >= 1.25 with CDI enabled) applies the spec's
+edits itself. The spec follows the CDI specification (SPEC.md in
+cncf-tags/container-device-interface) and says the lowest version its fields need
+(core/cdi_version.py): 0.5.0, because every device name begins with a digit (a PCI domain),
+which containerd 1.7.0 and CRI-O 1.25 read; 0.6.0, said before, needed containerd 1.7.12:
 
 - `cdiVersion` is semver; `kind` is `<vendor DNS subdomain>/<class>`, the class at most 63
   characters, alphanumeric at both ends with `-`, `_`, `.` between;
@@ -26,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.cdi_version import minimum_version
 from .inventory import NodeState
 from .model import Soc
 from .nfd import remove_if_present, replace_if_changed
@@ -33,7 +37,6 @@ from .resources import BASE, DOMAIN
 
 log = logging.getLogger(__name__)
 
-CDI_VERSION = "0.6.0"
 CDI_KIND = f"{DOMAIN}/{BASE}"  # qualcomm.com/qaic
 CDI_DIR = Path("/var/run/cdi")  # the dynamic-spec directory runtimes watch by default
 SPEC_FILE = f"{DOMAIN}-{BASE}.json"  # qualcomm.com-qaic.json: <vendor>-<class>.json
@@ -62,7 +65,8 @@ def spec(socs: list[Soc]) -> dict[str, Any]:
         }
         for s in sorted(socs, key=lambda s: s.pci_address)
     ]
-    return {"cdiVersion": CDI_VERSION, "kind": CDI_KIND, "devices": devices}
+    body = {"kind": CDI_KIND, "devices": devices}
+    return {"cdiVersion": minimum_version(body), **body}
 
 
 def render(socs: list[Soc]) -> str:
