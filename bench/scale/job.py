@@ -68,7 +68,7 @@ def _qps(q: float | None) -> str:
 
 
 def run(plan: measure.Plan, work: Path, *, build: bool = True,
-        partial: Path | None = None) -> dict[str, Any]:
+        partial: Path | None = None, modes: Sequence[bool] = MODES) -> dict[str, Any]:
     """Every node count, client QPS setting and mode; prints a line per run and writes what it
     has so far to `partial` after each (a long run that breaks keeps its figures)."""
     kw = kwok.locate(build=build)
@@ -79,7 +79,7 @@ def run(plan: measure.Plan, work: Path, *, build: bool = True,
           f"{', '.join(_qps(q) for q in plan.client_qps)}", flush=True)
     for n in plan.nodes:
         for qps in plan.client_qps:
-            for dra in MODES:
+            for dra in modes:
                 t0 = time.monotonic()
                 mode = "dra" if dra else "device-plugin"
                 r = measure.run(n, dra, qps, plan, kw, layout, work / f"{n}-{_qps(qps)}-{mode}")
@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--client-qps", nargs="+", metavar="QPS|default",
                    help="kube-scheduler and kube-controller-manager client QPS (burst 2x), one "
                         f"run each; 'default': theirs (full run: default {LIFTED_QPS:g})")
+    p.add_argument("--modes", nargs="+", choices=("device-plugin", "dra"),
+                   default=["device-plugin", "dra"], help="which modes to run (default both)")
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
     p.add_argument("--no-build", action="store_true", help="never build kwok (e2e/tools.sh)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -139,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = run(plan, work, build=not args.no_build, partial=args.json)
+        result = run(plan, work, build=not args.no_build, partial=args.json,
+                     modes=[m == "dra" for m in args.modes])
     except BenchError as e:
         print(f"BROKEN: {e}\nwork directory kept: {work}")
         return 1
