@@ -11,7 +11,8 @@ CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 POD_SUBNET = "10.244.0.0/24"
 
 
-def containerd_toml(work: Path, sandbox_image: str, v2: bool = False) -> Path:
+def containerd_toml(work: Path, sandbox_image: str, v2: bool = False,
+                    pod_subnet: str = POD_SUBNET) -> Path:
     """`restrict_oom_score_adj`: there is no CAP_SYS_RESOURCE here, so runc cannot lower it.
 
     `v2`: containerd 2.x (config version 3), the runtime with CDI, which DRA needs: kubelet
@@ -24,7 +25,7 @@ def containerd_toml(work: Path, sandbox_image: str, v2: bool = False) -> Path:
         "name": "qaic-e2e",
         "plugins": [{
             "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_subnet}]],
                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(cni / "ipam")},
         }],
     }, indent=1))
@@ -109,12 +110,17 @@ def socket(work: Path) -> Path:
     return work / "containerd" / "containerd.sock"
 
 
-def kubelet_yaml(work: Path, *, node_ip: str, ca: Path, serving: KeyPair) -> Path:
+def kubelet_yaml(work: Path, *, node_ip: str, ca: Path, serving: KeyPair,
+                 cgroup_root: str | None = None, status_every: str = "500ms") -> Path:
     """A kubelet for a node of a real cluster, on this machine's quirks (cgroup v1, no udev).
 
     Eviction thresholds are off: a shared CI disk must not taint the node mid-test.
+    `cgroup_root`: where its pods' cgroups go (`<root>/kubepods`); the nodes of a fleet share
+    the host's cgroup hierarchies, and a kubelet removes pod cgroups it does not know of.
+    `status_every`: how often it reports node status (allocatable reaches the API that fast).
     """
     path = work / "kubelet.yaml"
+    extra = {"cgroupRoot": cgroup_root} if cgroup_root else {}
     path.write_text(json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -136,8 +142,9 @@ def kubelet_yaml(work: Path, *, node_ip: str, ca: Path, serving: KeyPair) -> Pat
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
-        "nodeStatusUpdateFrequency": "500ms",  # allocatable reaches the API within 1 s
+        "nodeStatusUpdateFrequency": status_every,
         "syncFrequency": "5s",
         "shutdownGracePeriod": "0s",
+        **extra,
     }, indent=1))
     return path

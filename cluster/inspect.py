@@ -16,13 +16,14 @@ from typing import Any
 
 from qaic_device_plugin.kubelet.podresources import ContainerDevices, list_devices
 
-from .cluster import KUBELET_DIR, NODE_NAME, Cluster
+from .cluster import KUBELET_DIR, NODE_NAME
+from .controlplane import ControlPlane
 
 POD_RESOURCES = KUBELET_DIR / "pod-resources" / "kubelet.sock"
 
 
-def allocatable(cluster: Cluster) -> dict[str, str]:
-    node = cluster.get("node", NODE_NAME)
+def allocatable(cluster: ControlPlane, name: str = NODE_NAME) -> dict[str, str]:
+    node = cluster.get("node", name)
     return dict(node["status"].get("allocatable", {}))
 
 
@@ -34,12 +35,13 @@ class NodeWait:
     """`kubectl wait` on the node for one allocatable value, started before the change it
     awaits: kubectl reads the node, then watches it, so the exit is the event itself."""
 
-    def __init__(self, cluster: Cluster, resource: str, value: int, timeout: float = 60) -> None:
+    def __init__(self, cluster: ControlPlane, resource: str, value: int, timeout: float = 60,
+                 node: str = NODE_NAME) -> None:
         path = "{.status.allocatable." + resource.replace(".", "\\.") + "}"
         self.what = f"{resource}={value}"
         self.proc = subprocess.Popen(
             [str(cluster.bins.kubectl), f"--kubeconfig={cluster.kubeconfig}", "wait",
-             f"node/{NODE_NAME}", f"--for=jsonpath={path}={value}", f"--timeout={timeout}s"],
+             f"node/{node}", f"--for=jsonpath={path}={value}", f"--timeout={timeout}s"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.timeout = timeout
@@ -66,7 +68,7 @@ class ContainerView:
     accels: frozenset[int]
 
 
-def container_view(cluster: Cluster, namespace: str, pod: str) -> ContainerView:
+def container_view(cluster: ControlPlane, namespace: str, pod: str) -> ContainerView:
     text = cluster.kubectl("logs", "-n", namespace, pod).stdout
     m = re.search(r"^QAIC_VISIBLE_DEVICES=(.*)$", text, re.M)
     if m is None:
@@ -75,7 +77,8 @@ def container_view(cluster: Cluster, namespace: str, pod: str) -> ContainerView:
     return ContainerView(m.group(1), accels)
 
 
-def pods(cluster: Cluster, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+def pods(cluster: ControlPlane, namespace: str,
+         selector: str | None = None) -> list[dict[str, Any]]:
     args = ["pods", "-n", namespace] + (["-l", selector] if selector else [])
     return list(cluster.get(*args)["items"])
 
@@ -102,7 +105,7 @@ class PodWatch:
     """`kubectl get pods -w -o json` in a thread: every version of every pod, as it happens,
     with a callback run at arrival (e.g. to note how far the kubelet's log had got)."""
 
-    def __init__(self, cluster: Cluster, namespace: str,
+    def __init__(self, cluster: ControlPlane, namespace: str,
                  on_event: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.events: list[tuple[dict[str, Any], Any]] = []
         self._on_event = on_event

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ import yaml
 from e2e.pulumi_cli import PulumiCli, copy_checkout
 
 from .cluster import Cluster, running
+from .controlplane import ControlPlane
+from .fleet import Fleet, NodeSpec, running_fleet
 
 
 class UpFailed(AssertionError):
@@ -30,14 +32,17 @@ class Stack:
     name: str = "e2e"
 
     @classmethod
-    def create(cls, cluster: Cluster, scratch: Path, **changes: Any) -> Stack:
+    def create(cls, cluster: ControlPlane, scratch: Path, name: str = "e2e",
+               **changes: Any) -> Stack:
+        """Stack `name` from the e2e stack's file plus `changes`; stacks of other names on
+        the same cluster are other deployments of the project (e.g. one per node pool)."""
         checkout = copy_checkout(scratch / "checkout")
         cli = PulumiCli(scratch / "pulumi", cwd=checkout,
                         extra_env={"KUBECONFIG": str(cluster.kubeconfig)})
         cli.login()
-        cli.select("e2e")
+        cli.select(name)
         config = yaml.safe_load((checkout / "stacks/Pulumi.e2e.yaml").read_text())
-        stack = cls(cli, scratch, config)
+        stack = cls(cli, scratch, config, name)
         stack._write(changes)
         return stack
 
@@ -65,14 +70,27 @@ class Stack:
 
 
 @contextlib.contextmanager
-def cluster_for_tests(cdi: bool = False) -> Iterator[Cluster]:
-    """`running()`, with SIGTERM turned into KeyboardInterrupt so pytest still tears down."""
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM turned into KeyboardInterrupt so pytest still tears the cluster down."""
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
-        with running(cdi=cdi) as c:
-            yield c
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def cluster_for_tests(cdi: bool = False) -> Iterator[Cluster]:
+    """`running()`, torn down on SIGTERM too."""
+    with _sigterm_interrupts(), running(cdi=cdi) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def fleet_for_tests(specs: Sequence[NodeSpec]) -> Iterator[Fleet]:
+    """`running_fleet()`, torn down on SIGTERM too."""
+    with _sigterm_interrupts(), running_fleet(specs) as f:
+        yield f
