@@ -199,3 +199,21 @@ async def test_a_card_claim_is_prepared_as_all_four_socs(tmp_path: Path) -> None
             f"/dev/{s.soc.dev_relpath}" for s in want]
         assert spec["containerEdits"]["env"] == [
             "QAIC_VISIBLE_DEVICES=" + ",".join(str(s.soc.qid) for s in want)]
+
+
+def test_a_card_stays_in_one_slice(tmp_path: Path) -> None:
+    """17 Ultra cards (255 devices) and a Standard card: every card's 15 devices in one slice
+    of at most 64, so a SoC's taint (which its card and parts carry too) rewrites one slice."""
+    specs = [CardSpec(Sku.ULTRA, numa_node=i % 4) for i in range(17)] + [CardSpec(Sku.STANDARD)]
+    out = cards.partition(pairs(scan(tmp_path, specs)))
+    slices = counters.split_devices([d.to_dict() for d in out.devices], 64)
+    assert [len(s) for s in slices] == [1 + 4 * 15, 60, 60, 60, 15]
+    assert sum(map(len, slices)) == len(out.devices)
+    where = {}
+    for i, s in enumerate(slices):
+        for d in s:
+            for c in d.get("consumesCounters") or ():
+                where.setdefault(c["counterSet"], set()).add(i)
+    assert len(where) == 17 and all(len(v) == 1 for v in where.values())
+    plain = [{"name": f"d{i:03d}"} for i in range(130)]
+    assert [len(s) for s in counters.split_devices(plain, 64)] == [64, 64, 2]

@@ -96,7 +96,8 @@ async def running(
 async def wait_devices(
     client: AsyncClient, ok: Callable[[dict[str, Any]], bool], timeout: float = 20.0
 ) -> dict[str, Any]:
-    """Follow a watch on our ResourceSlices until the newest pool generation satisfies `ok`."""
+    """Follow a watch on our ResourceSlices until the newest pool generation's SoC devices
+    satisfy `ok` (whole cards and parts of cards, dra/cards.py, are left out)."""
     slices: dict[str, Any] = {}
 
     async def follow() -> dict[str, Any]:
@@ -106,7 +107,8 @@ async def wait_devices(
                 slices[s.metadata.name] = s.to_dict()
             gen = max((x["spec"]["pool"]["generation"] for x in slices.values()), default=0)
             newest = [x for x in slices.values() if x["spec"]["pool"]["generation"] == gen]
-            devices = {d["name"]: d for x in newest for d in x["spec"].get("devices", [])}
+            devices = {d["name"]: d for x in newest for d in x["spec"].get("devices", [])
+                       if d["attributes"].get("type", {"string": "soc"}) == {"string": "soc"}}
             if newest and ok(devices):
                 return devices
         raise AssertionError("watch ended")
@@ -123,6 +125,7 @@ async def test_slices_claim_prepare_and_health(
     first = socs[0]
     attrs = devices[device_name(first.pci_address)]["attributes"]
     assert attrs == {
+        "type": {"string": "soc"},
         "cardID": {"string": first.card_id},
         "qid": {"int": first.qid},
         "sku": {"string": first.sku.value},
@@ -259,7 +262,8 @@ async def test_kubelet_health_stream_follows_the_node(
     async def until(ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         async with asyncio.timeout(20):
             async for msg in stream:
-                health = {d.device.device_name: d for d in msg.devices}
+                health = {d.device.device_name: d for d in msg.devices
+                          if d.device.device_name.startswith("soc-")}  # not cards, parts
                 if ok(health):
                     return health
         raise AssertionError("stream ended")

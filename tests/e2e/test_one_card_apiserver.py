@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.resource_v1 import ResourceSlice
 from test_admission_apiserver import camel
 
 from e2e.apiserver import TOOLS, ApiServer, find_binaries
@@ -261,25 +262,76 @@ def test_preflight_passes_where_everything_is_served(api: ApiServer) -> None:
     require_served("e2e", settings, client_of(api))  # raises nothing
 
 
-def test_preflight_names_the_key_and_the_missing_api(tmp_path: Path) -> None:
-    """Operator situation: a stack with the one-card rule aimed at a cluster that does not
-    serve MutatingAdmissionPolicy v1 (or has partitionable devices off): one line, before
-    anything is declared; the rule turned off, the same cluster passes."""
-    dra_sku = {"allocationApi": "dra", "skuBasedResources": "true"}
+@pytest.fixture(scope="module")
+def old_api() -> Iterator[ApiServer]:
+    """A server without MutatingAdmissionPolicy v1 and with partitionable devices off (as
+    a 1.35 cluster by default)."""
     gates = ["--runtime-config=admissionregistration.k8s.io/v1/mutatingadmissionpolicies=false,"
              "admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings=false",
              "--disable-admission-plugins=MutatingAdmissionPolicy",
              "--feature-gates=DRAPartitionableDevices=false"]
-    with ApiServer.start(tmp_path / "old", extra_args=gates) as old:
-        client = client_of(old)
-        with pytest.raises(ConfigError) as info:
-            require_served("e2e", load_settings("e2e", dra_sku), client)
-        line = str(info.value)
-        assert line == ("stack 'e2e': 'qaic-k8s:ultraOneCard' is 'true', which needs "
-                        "admissionregistration.k8s.io/v1 MutatingAdmissionPolicies (Kubernetes "
-                        "1.36+); the cluster does not serve it."), line
-        require_served("e2e", load_settings("e2e", {**dra_sku, "ultraOneCard": "false"}),
-                       client)
+    with ApiServer.start(Path(tempfile.mkdtemp(prefix="qaic-old-")), extra_args=gates) as old:
+        yield old
+
+
+def test_preflight_names_the_key_and_the_missing_api(old_api: ApiServer) -> None:
+    """Operator situation: a stack with the one-card rule aimed at a cluster that does not
+    serve MutatingAdmissionPolicy v1 (or has partitionable devices off): one line, before
+    anything is declared; the rule turned off, the same cluster passes."""
+    dra_sku = {"allocationApi": "dra", "skuBasedResources": "true"}
+    client = client_of(old_api)
+    with pytest.raises(ConfigError) as info:
+        require_served("e2e", load_settings("e2e", dra_sku), client)
+    line = str(info.value)
+    assert line == ("stack 'e2e': 'qaic-k8s:ultraOneCard' is 'true', which needs "
+                    "admissionregistration.k8s.io/v1 MutatingAdmissionPolicies (Kubernetes "
+                    "1.36+); the cluster does not serve it."), line
+    require_served("e2e", load_settings("e2e", {**dra_sku, "ultraOneCard": "false"}), client)
+
+
+def card_node(tmp_path: Path) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The devices and counter sets the driver publishes for 2 Ultra cards and a Standard."""
+    node = FakeNode(tmp_path / "node", [CardSpec(Sku.ULTRA), CardSpec(Sku.ULTRA),
+                                        CardSpec(Sku.STANDARD)])
+    node.write()
+    util = subprocess.run([str(node.qaic_util_path), "-q"], capture_output=True, text=True,
+                          check=True).stdout
+    states = Inventory(node.sysfs_root, node.dev_root, {}).scan(parse_qaic_util(util)).socs
+    part = cards.partition([(s, to_device(s)) for s in states])
+    return part.devices, part.counter_sets
+
+
+@pytest.mark.parametrize("server", ["api", "old_api"])
+async def test_the_publisher_writes_counters_or_withdraws_whole_cards(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """The real publisher: counter sets in a slice of their own where the server keeps them;
+    where it drops them (partitionable devices off) it notices, says so once and offers the
+    SoCs only (a card and its SoC could otherwise both be allocated)."""
+    from lightkube import AsyncClient
+
+    from qaic_device_plugin.kubelet.dra.slices import SlicePublisher
+
+    api: ApiServer = request.getfixturevalue(server)
+    devices, counter_sets = card_node(tmp_path)
+    node = f"cards-{server.replace('_', '-')}"
+    client = AsyncClient(config=KubeConfig.from_file(api.kubeconfig))
+    try:
+        publisher = SlicePublisher(client, DRIVER_NAME, node)
+        await publisher.sync(devices, counter_sets)
+        slices = [s.to_dict()["spec"] async for s in client.list(
+            ResourceSlice, fields={"spec.nodeName": node})]
+        names = {d["name"] for s in slices for d in s.get("devices") or ()}
+        sets = [c["name"] for s in slices for c in s.get("sharedCounters") or ()]
+        if server == "api":
+            assert not publisher.counters_dropped and len(sets) == 2
+            assert names == {d.name for d in devices} and len(names) == 2 * 15 + 1
+        else:
+            assert publisher.counters_dropped and sets == []
+            assert names == {d.name for d in devices if not d.name.startswith("card-")}
+            assert len(names) == 9
+    finally:
+        await client.close()
 
 
 def test_admission_cost_of_the_rule(api: ApiServer, record_property: Any) -> None:

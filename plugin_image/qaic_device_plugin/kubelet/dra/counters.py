@@ -8,7 +8,8 @@ enforces (pkg/apis/resource/validation, types.go):
 - at most 8 counter sets per slice (ResourceSliceMaxCounterSets), 32 counters per set; a
   counter set's name is unique in the pool, across its slices (the allocator gathers them
   from every slice of the pool, pools_incubating.go getAndValidateCounterSets);
-- a slice whose devices consume counters holds at most 64 devices (slice_layout's split).
+- a slice whose devices consume counters holds at most 64 devices; `split_devices` keeps the
+  devices of one counter set together in one slice.
 
 An API server without DRAPartitionableDevices drops `sharedCounters` and `consumesCounters`
 on write, and the scheduler would then hand out a card and its SoCs together.
@@ -42,6 +43,29 @@ def spec(driver: str, node: str, generation: int, count: int, counter_sets: Sequ
         "pool": {"name": node, "generation": generation, "resourceSliceCount": count},
         "sharedCounters": list(counter_sets),
     }
+
+
+def split_devices(devices: Sequence[Json], per_slice: int) -> list[list[Json]]:
+    """Devices in slices of at most `per_slice`, those consuming the same counter set kept in
+    one slice (a card's SoCs, parts and whole, 15 devices): a change to one card (a taint on a
+    SoC, which its parts and card carry too) then rewrites one slice, not two, and keeps the
+    pool generation. Devices consuming no counters come first, each group in name order."""
+    groups: dict[str, list[Json]] = {}
+    for d in devices:
+        sets = sorted(str(c["counterSet"]) for c in d.get("consumesCounters") or ())
+        groups.setdefault(sets[0] if sets else "", []).append(d)
+    out: list[list[Json]] = []
+    for key in sorted(groups):
+        group = sorted(groups[key], key=lambda d: str(d["name"]))
+        chunks = [group] if key else [[d] for d in group]  # a group that never splits
+        for chunk in chunks:
+            while len(chunk) > per_slice:  # larger than a slice: no choice but to split it
+                out.append(chunk[:per_slice])
+                chunk = chunk[per_slice:]
+            if not out or len(out[-1]) + len(chunk) > per_slice:
+                out.append([])
+            out[-1].extend(chunk)
+    return out
 
 
 def _consumed(device: Mapping[str, Any]) -> set[tuple[str, str]]:

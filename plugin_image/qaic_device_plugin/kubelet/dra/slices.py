@@ -14,7 +14,9 @@ has registered again. Until the next sync has put them back, `problem` says why 
 slices are not the wanted ones (readiness reports it).
 
 A device with taints whose taints the server drops (API without device taints) is withdrawn
-instead: a bad device is never offered.
+instead: a bad device is never offered. Counter sets (partitionable devices) go in slices of
+their own after the device slices (kubelet/dra/counters.py); a server that drops them gets
+only devices that do not overlap, so two devices sharing hardware are never both offered.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lightkube.models.resource_v1 import Device
 from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
+from . import counters
 from . import slice_layout as layout
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class SlicePublisher:
         self._deletions = 0  # deletions of wanted slices the watch has seen
         self.generation = 0
         self.taints_dropped = False  # learnt from the server: it does not store device taints
+        self.counters_dropped = False  # learnt from the server: no partitionable devices
         self.problem: str | None = "not published yet"
 
     def slice_name(self, i: int) -> str:
@@ -112,14 +116,16 @@ class SlicePublisher:
         w = self._written.get(name)
         return w is not None and w.sent == want and w.got == have
 
-    async def sync(self, devices: Sequence[Device]) -> SyncResult:
-        """Make the server's slices equal `devices`; says what was written.
+    async def sync(self, devices: Sequence[Device], counter_sets: Sequence[Json] = (),
+                   ) -> SyncResult:
+        """Make the server's slices equal `devices` (and the `counter_sets` they consume, in
+        slices of their own: kubelet/dra/counters.py); says what was written.
 
         Raises lightkube.ApiError or httpx2.HTTPError (problem then says why); the caller
         retries."""
         deletions = self._deletions
         try:
-            result = await self._sync(devices)
+            result = await self._sync(devices, counter_sets)
         except (ApiError, httpx2.HTTPError) as e:
             self.problem = f"publishing failed: {e}"
             raise
@@ -127,11 +133,15 @@ class SlicePublisher:
             self.problem = None
         return result
 
-    async def _sync(self, devices: Sequence[Device]) -> SyncResult:
+    async def _sync(self, devices: Sequence[Device], counter_sets: Sequence[Json] = (),
+                    ) -> SyncResult:
         offered = [d for d in devices if not (self.taints_dropped and d.taints)]
         want = [d.to_dict() for d in sorted(offered, key=lambda d: d.name)]
-        groups = layout.split(want)
-        names = [self.slice_name(i) for i in range(len(groups))]
+        sets = counters.split(counter_sets)
+        if self.counters_dropped:
+            want, sets = counters.non_overlapping(want), []
+        groups = counters.split_devices(want, layout.MAX_DEVICES_PER_SLICE)
+        names = [self.slice_name(i) for i in range(len(groups) + len(sets))]
         self._wanted = set(names)
         stored = await self._stored()
         gen = max([self.generation, *(s["spec"]["pool"]["generation"] for s in stored.values())])
@@ -141,9 +151,10 @@ class SlicePublisher:
         groups = [layout.keep_taint_times(g, old_devices) for g in groups]
 
         def specs(generation: int) -> list[Json]:
+            total = len(names)
             return [
-                layout.spec(self.driver, self.node, generation, len(groups), g) for g in groups
-            ]
+                layout.spec(self.driver, self.node, generation, total, g) for g in groups
+            ] + [counters.spec(self.driver, self.node, generation, total, c) for c in sets]
 
         wanted = specs(gen)
         changed = [
@@ -159,13 +170,14 @@ class SlicePublisher:
             wanted, changed = specs(gen), list(range(len(names)))
         self.generation = gen
         owner = await self._owner_refs()
-        stored_taints = True
+        stored_taints, stored_counters = True, True
         for i in changed:
             got = await self._apply(names[i], wanted[i], owner)
             result.applied += 1
-            sent = sum(1 for d in wanted[i]["devices"] if d.get("taints"))
+            sent = sum(1 for d in wanted[i].get("devices") or () if d.get("taints"))
             kept = sum(1 for d in got.get("devices") or () if d.get("taints"))
             stored_taints &= kept == sent
+            stored_counters &= not counters.counters_dropped(wanted[i], got)
         for name in leftovers:
             try:
                 await self._client.delete(ResourceSlice, name)
@@ -185,13 +197,22 @@ class SlicePublisher:
                 "generation": gen,
             },
         )
+        if not stored_counters and not self.counters_dropped:
+            log.warning(
+                "the API server dropped shared counters (DRAPartitionableDevices off); "
+                "offering only devices that do not overlap (no whole cards)",
+                extra={"event": "dra_counters_unsupported"},
+            )
+            self.counters_dropped = True
+            again = await self._sync(devices, counter_sets)
+            return SyncResult(result.applied + again.applied, result.deleted + again.deleted)
         if not stored_taints and not self.taints_dropped:
             log.warning(
                 "the API server dropped device taints; withdrawing tainted devices instead",
                 extra={"event": "dra_taints_unsupported"},
             )
             self.taints_dropped = True
-            again = await self._sync(devices)
+            again = await self._sync(devices, counter_sets)
             return SyncResult(result.applied + again.applied, result.deleted + again.deleted)
         return result
 
