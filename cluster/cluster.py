@@ -7,9 +7,10 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ KUBELET_DIR = Path("/var/lib/kubelet")  # fixed: the device-plugin dir lives und
 RUNTIME_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"), Path("/run/containerd"),
                 Path("/var/lib/cni"), Path("/run/netns"), Path("/run/cdi"))
 LOCK = Path("/run/qaic-e2e.lock")
+CDI_DIR = Path("/var/run/cdi")  # a tmpfs on most hosts: empty after a reboot
 NETNS = "qaic-e2e"
 
 
@@ -50,6 +52,36 @@ class Cluster(ControlPlane):
 
     def node_ready(self, name: str = NODE_NAME) -> bool:
         return super().node_ready(name)
+
+    def reboot_node(self, probe_order: Sequence[str] = ()) -> None:
+        """The node reboots, as its software lives it: every process of the node dies at once
+        (kubelet, every container, the shims, containerd: SIGKILL, no clean shutdown), what
+        lives on tmpfs comes back empty (containerd's state with the pod sandboxes, the CDI
+        specs in /var/run/cdi), the kernel probes the SoCs again (`probe_order` first, so
+        accel numbers can move, as the asynchronous probe moves them), and containerd and
+        kubelet start again. What is on disk stays: /var/lib/kubelet (kubelet's and the
+        drivers' checkpoints), containerd's images. The control plane keeps running, as it
+        does on its own machines."""
+        self.procs["kubelet"].stop(grace=0, sig=signal.SIGKILL)
+        host.kill_all(host.pids_in_cgroups("kubepods"), grace=0)
+        host.kill_all(host.pids_matching(str(configs.socket(self.work))), grace=0)
+        self.procs["containerd"].stop(grace=0, sig=signal.SIGKILL)
+        state = configs.containerd_state(self.work, v2=self.cdi)
+        host.unmount_under(state)
+        shutil.rmtree(state, ignore_errors=True)
+        for spec in CDI_DIR.glob("*"):
+            spec.unlink()
+        accel_dir = self.node.host_dev / "accel"
+        for entry in accel_dir.iterdir():
+            entry.unlink()
+        self.node.fake.reload_driver(probe_order)
+        for entry in (self.node.fake.dev_root / "accel").iterdir():
+            self.node.mirror(int(entry.name.removeprefix("accel")))
+        containerd, kubelet = self.procs["containerd"], self.procs["kubelet"]
+        containerd.start()
+        sock = configs.socket(self.work)
+        self.wait_for("containerd socket", lambda: sock.exists() and containerd.running(), 60)
+        kubelet.start()
 
     # ----- starting it ------------------------------------------------------------------
 

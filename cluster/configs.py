@@ -32,13 +32,13 @@ def containerd_toml(work: Path, sandbox_image: str, v2: bool = False,
     path = work / "containerd.toml"
     if v2:
         path.write_text(CONTAINERD_V2.format(
-            # short: the shim sockets go under {state}/s/<64 hex> (108-byte socket paths)
-            root=work / "containerd/root", state=work / "cs", socket=socket(work),
+            root=work / "containerd/root", state=containerd_state(work, v2=True),
+            socket=socket(work),
             sandbox_image=sandbox_image, cni_bin=CNI_BIN, cni_conf=cni / "net.d"))
         return path
     path.write_text(f"""version = 2
 root = "{work / 'containerd/root'}"
-state = "{work / 'containerd/state'}"
+state = "{containerd_state(work, v2=False)}"
 [grpc]
   address = "{socket(work)}"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -104,6 +104,12 @@ disabled_plugins = [
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 """
+
+
+def containerd_state(work: Path, v2: bool) -> Path:
+    """containerd's state dir (a tmpfs under /run on a real host: sandboxes, shim sockets).
+    v2's is short: the shim sockets go under {state}/s/<64 hex> (108-byte socket paths)."""
+    return work / "cs" if v2 else work / "containerd/state"
 
 
 def socket(work: Path) -> Path:
