@@ -380,3 +380,43 @@ def test_admission_cost_of_the_rule(api: ApiServer, record_property: Any) -> Non
               f"{before[k] * 1000:.2f}/{after[k] * 1000:.2f} ms (before/after), with it "
               f"{ruled[k] * 1000:.2f} ms: {ratio[k]:.2f}x")
     assert ratio["four"] < 3 and ratio["one"] < 2, ratio
+
+
+def test_pulumi_preview_stops_with_the_one_line_before_anything(
+    old_api: ApiServer, api: ApiServer, tmp_path: Path,
+) -> None:
+    """The real CLI (3.276, provider 4.25) on dra-example in SKU mode, applying instead of
+    rendering: against the server without MutatingAdmissionPolicy v1 the preview ends with the
+    preflight's line as its only error and plans nothing; against 1.37 the same stack
+    previews, the two policies and their bindings among what it would create."""
+    import yaml
+
+    from e2e.pulumi_cli import PulumiCli, available, copy_checkout
+
+    if not available():
+        pytest.skip("the Pulumi CLI tools are not built (e2e/tools.sh)")
+    checkout = copy_checkout(tmp_path / "checkout")
+    data = yaml.safe_load((checkout / "stacks/Pulumi.dra-example.yaml").read_text())
+    data["config"].pop("qaic-k8s:renderYamlDir")
+    data["config"]["qaic-k8s:skuBasedResources"] = True
+    stack_file = tmp_path / "stack.yaml"
+    stack_file.write_text(yaml.safe_dump(data))
+    for server, ok in ((old_api, False), (api, True)):
+        c = PulumiCli(tmp_path / f"pulumi-{ok}", cwd=checkout,
+                      extra_env={"KUBECONFIG": str(server.kubeconfig)})
+        c.login()
+        c.select("dra-example")
+        proc = c.run("preview", "--stack", "dra-example", "--config-file", str(stack_file))
+        out = proc.stdout + proc.stderr
+        errors = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("error:")]
+        if not ok:
+            assert proc.returncode != 0
+            assert errors == ["error: stack 'dra-example': 'qaic-k8s:ultraOneCard' is 'true', "
+                              "which needs admissionregistration.k8s.io/v1 "
+                              "MutatingAdmissionPolicies (Kubernetes 1.36+); the cluster does "
+                              "not serve it."], out[-3000:]
+            assert "kubernetes:" not in out and "Traceback" not in out  # nothing planned
+        else:
+            assert proc.returncode == 0, out[-4000:]
+            for kind in ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"):
+                assert f"kubernetes:admissionregistration.k8s.io/v1:{kind} " in out, out[-4000:]
