@@ -236,8 +236,8 @@ for arch in amd64 arm64; do run_arch "$arch"; done
 # ---------------------------------------------------------------- 5. sizes and times
 say "image sizes (uncompressed, as 'buildah images' counts them) and build times:"
 for arch in amd64 arm64; do
-  size=$(buildah images --format '{{.Size}}' "$tag-$arch" | head -1)
-  bsize=$(buildah images --format '{{.Size}}' "${base[$arch]}" | head -1)
+  size=$(buildah images --format '{{.Size}}' "$tag-$arch" | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
+  bsize=$(buildah images --format '{{.Size}}' "${base[$arch]}" | sed -n 1p)
   secs=$(awk -v p="linux/$arch" '$1 == p {print $2}' "$work/times")
   printf '  %-6s image %-9s (local base %s)  build %ss\n' "$arch" "$size" "$bsize" "$secs"
 done
