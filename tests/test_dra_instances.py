@@ -32,6 +32,7 @@ from qaic_device_plugin.kubelet.dra.types import (
     AllocatedClaim,
     AllocatedDevice,
     ClaimRef,
+    DraDriver,
     PreparedDevice,
 )
 from qaic_device_plugin.sim.dra_kubelet import DraKubeletSim
@@ -185,7 +186,7 @@ class Claims:
                                     AllocatedDevice("r", "node-1", "dev-2")))
 
 
-class Driver:
+class Driver(DraDriver):
     def __init__(self) -> None:
         self.unprepared: list[tuple[str, tuple[str, ...]]] = []
 

@@ -25,6 +25,7 @@ from qaic_device_plugin.kubelet.dra.types import (
     AllocatedDevice,
     ClaimRef,
     DeviceHealthReport,
+    DraDriver,
     PreparedDevice,
     PrepareError,
     Toleration,
@@ -71,7 +72,7 @@ class Claims:
         return self.allocated[ref.uid]
 
 
-class Driver:
+class Driver(DraDriver):
     def __init__(self) -> None:
         self.prepared: list[str] = []
         self.allocations: list[AllocatedClaim] = []
@@ -378,17 +379,22 @@ async def test_a_device_prepared_for_one_claim_is_refused_to_another(
                              AllocatedDevice("req", "node-1", "dev-5", share_id="s1"))
     shared_too = claims.allocate(ClaimRef("ns", "uid-t", "shared-too"),
                                  AllocatedDevice("req", "node-1", "dev-5", share_id="s2"))
+    # A share and a whole allocation of one device never coexist (a checkpoint from before a
+    # change of the share count could hold the whole one).
+    whole = claims.allocate(ClaimRef("ns", "uid-w", "whole"), AllocatedDevice("req", "node-1",
+                                                                              "dev-5"))
     driver = Driver()
     plugin = make_plugin(dirs, driver, claims)
     await plugin.start()
     try:
         await kubelet.wait_registered(DRIVER)
-        resp = await kubelet.prepare(DRIVER, [first, second, admin, shared, shared_too])
+        resp = await kubelet.prepare(DRIVER, [first, second, admin, shared, shared_too, whole])
+        assert "already prepared for claim ns/shared (UID uid-s)" in resp.claims[whole.uid].error
         assert resp.claims[first.uid].error == ""
         assert resp.claims[second.uid].error == (
             "prepare other/claim-c: device node-1/dev-0 is already prepared for claim "
             "ns/claim-a (UID uid-a); it cannot be given to claim other/claim-c as well. Both "
-            "were allocated the same device: unprepare or delete the pod of one of them"
+            "were allocated the same hardware: unprepare or delete the pod of one of them"
         )
         assert second.uid not in driver.prepared
         for ok in (admin, shared, shared_too):

@@ -9,6 +9,14 @@ by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn. The sa
 goes to kubelet's dra-health stream (`health_reports`), which shows it in the status of the
 pods that hold the SoC, with the reasons as its message.
 
+Sharing (ALLOWED_QAIC_DEVICE_SHARES > 1, consumable capacity, KEP-5075, DRAConsumableCapacity
+beta and on in 1.37): each SoC device allows multiple allocations and has the capacity
+`qaic.qualcomm.com/shares` = N, of which a claim takes 1 unless it asks for more (the request
+policy: default 1, whole numbers from 1). The scheduler then allocates a SoC to N claims at
+most, each with a `shareID`; each claim gets its own CDI spec naming the same device node and
+QID. No whole cards or parts then (as device-plugin mode turns its card preference off with
+shares): a card device over shared SoCs would promise a card nobody else uses.
+
 `cardID` is a card only where that is proven (qaic-util's SKU, or QAIC_SKU_OVERRIDES): four
 single-SoC cards behind a server board's PCIe switch look exactly like an Ultra card in sysfs,
 so an unproven grouping publishes each SoC's own address, and `matchAttribute: cardID` is
@@ -38,6 +46,7 @@ from lightkube.models.resource_v1 import Device
 from ..core.cdi_version import minimum_version
 from ..kubelet.dra.types import (
     AllocatedClaim,
+    AllocatedDevice,
     ClaimRef,
     DeviceHealthReport,
     PreparedDevice,
@@ -75,7 +84,18 @@ def card_id(state: SocState) -> str:
     return soc.card_id if soc.card_certain else soc.pci_address
 
 
-def to_device(state: SocState) -> Device:
+#: The consumable capacity of a shared SoC (qualified with the driver's name by the API).
+SHARES = "shares"
+
+
+def share_capacity(shares: int) -> dict[str, Any]:
+    """`capacity` of a SoC shared by up to `shares` claims: one share each unless a claim asks
+    for more (`capacity.requests: {qaic.qualcomm.com/shares: k}`; all of them = the SoC alone)."""
+    return {SHARES: {"value": str(shares), "requestPolicy": {
+        "default": "1", "validRange": {"min": "1", "step": "1"}}}}
+
+
+def to_device(state: SocState, shares: int = 1) -> Device:
     soc = state.soc
     attrs: dict[str, dict[str, Any]] = {
         "sku": {"string": state.sku.sku.value},
@@ -89,12 +109,18 @@ def to_device(state: SocState) -> Device:
     taints = None
     if taint is not None:
         taints = [{"key": taint.key, "value": taint.value, "effect": taint.effect}]
-    raw = {"name": device_name(soc.pci_address), "attributes": attrs, "taints": taints}
+    raw: dict[str, Any] = {"name": device_name(soc.pci_address), "attributes": attrs,
+                           "taints": taints}
+    if shares > 1:
+        raw["allowMultipleAllocations"] = True
+        raw["capacity"] = share_capacity(shares)
     return cast(Device, Device.from_dict(raw))
 
 
-def health_reports(pool: str, socs: Sequence[SocState]) -> tuple[DeviceHealthReport, ...]:
-    """Every SoC's health, then every whole-card and part device's (dra/cards.py)."""
+def health_reports(pool: str, socs: Sequence[SocState], cards_too: bool = True,
+                   ) -> tuple[DeviceHealthReport, ...]:
+    """Every SoC's health, then every whole-card and part device's (dra/cards.py) when the
+    driver offers them."""
     ordered = sorted(socs, key=lambda s: s.soc.pci_address)
     own = tuple(
         DeviceHealthReport(
@@ -103,8 +129,24 @@ def health_reports(pool: str, socs: Sequence[SocState]) -> tuple[DeviceHealthRep
         )
         for s in ordered
     )
+    if not cards_too:
+        return own
     groups = cards.partition([(s, to_device(s)) for s in ordered]).members
     return own + cards.group_health_reports(pool, groups)
+
+
+def _nodes(members: Sequence[SocState]) -> tuple[str, ...]:
+    return tuple(s.soc.dev_relpath for s in members)
+
+
+def host_findings(state: SocState) -> str:
+    """Why a SoC is unhealthy, with device nodes as the host names them: findings name the node
+    where this process sees it (QAIC_DEV_ROOT, /host/dev in the DaemonSet), and the operator
+    looks on the host."""
+    soc = state.soc
+    host = f"/dev/{soc.dev_relpath}"
+    mounted = re.compile(r"\S*/" + re.escape(soc.dev_relpath) + r"(?![0-9])")
+    return "; ".join(f"{f.signal.value}: {mounted.sub(host, f.detail)}" for f in state.findings)
 
 
 def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:
@@ -114,32 +156,62 @@ def cdi_spec_path(cdi_dir: Path, uid: str) -> Path:
 class QaicDraDriver:
     """Prepares claims against the node's current SoCs (updated by the app on every refresh)."""
 
-    def __init__(self, node_name: str, cdi_dir: Path, *, partitions: bool = False) -> None:
+    def __init__(self, node_name: str, cdi_dir: Path, *, partitions: bool = False,
+                 shares: int = 1) -> None:
         self.node_name = node_name
         self.cdi_dir = cdi_dir
+        #: Claims that may share one SoC (ALLOWED_QAIC_DEVICE_SHARES); 1: a SoC is one claim's.
+        self.shares = shares
         #: Offer whole cards and parts too; only with a publisher that writes `counter_sets`
-        #: (devices naming a counter set the pool lacks make the scheduler refuse the pool).
-        self.partitions = partitions
+        #: (devices naming a counter set the pool lacks make the scheduler refuse the pool),
+        #: and never with shares.
+        self.partitions = partitions and shares == 1
         self._socs: dict[str, SocState] = {}
         #: Each published device's SoCs: a SoC itself, or a whole card or part (cards.py).
         self._members: dict[str, tuple[SocState, ...]] = {}
         #: The counter sets the devices consume (published in slices of their own).
         self.counter_sets: list[dict[str, Any]] = []
+        #: Devices whose device nodes changed with the last update (see update()).
+        self.moved: frozenset[str] = frozenset()
+        self._known_nodes: dict[str, tuple[str, ...]] | None = None
 
     def update(self, socs: Sequence[SocState]) -> list[Device]:
-        """Take a new snapshot; return the devices to publish (`counter_sets` with them)."""
+        """Take a new snapshot; return the devices to publish (`counter_sets` with them).
+
+        `moved` then names the devices whose SoCs' device nodes are not what they were when
+        the device was last seen (a driver reload or re-probe hands out accel numbers again,
+        maybe while the SoC was gone); after the first snapshot, every device (this process
+        has seen none before, and a spec may be older than the process)."""
         self._socs = {device_name(s.soc.pci_address): s for s in socs}
         if not self.partitions:
             self._members = {n: (s,) for n, s in self._socs.items()}
-            return [to_device(s) for _, s in sorted(self._socs.items())]
-        parts = cards.partition([(s, to_device(s)) for _, s in sorted(self._socs.items())])
-        self._members = {**{n: (s,) for n, s in self._socs.items()}, **parts.members}
-        self.counter_sets = parts.counter_sets
-        return parts.devices
+            devices = [to_device(s, self.shares) for _, s in sorted(self._socs.items())]
+        else:
+            parts = cards.partition([(s, to_device(s)) for _, s in sorted(self._socs.items())])
+            self._members = {**{n: (s,) for n, s in self._socs.items()}, **parts.members}
+            self.counter_sets = parts.counter_sets
+            devices = parts.devices
+        now = {n: _nodes(m) for n, m in self._members.items()}
+        known = self._known_nodes
+        self.moved = frozenset(n for n, v in now.items() if known is None or known.get(n, v) != v)
+        self._known_nodes = {**(known or {}), **now}
+        return devices
+
+    def units(self, device: str) -> frozenset[str]:
+        """The SoCs a device uses (a card or part: all of its SoCs), by their device names,
+        so a card claim and a claim for one of its SoCs are seen to overlap."""
+        members = self._members.get(device)
+        if not members:
+            return frozenset({device})
+        return frozenset(device_name(s.soc.pci_address) for s in members)
+
+    def members(self, device: str) -> tuple[SocState, ...]:
+        """The SoCs of a published device as they are now (none: not on the node any more)."""
+        return self._members.get(device, ())
 
     async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
         uid = claim.ref.uid
-        chosen: list[tuple[str, str, tuple[SocState, ...]]] = []
+        chosen: list[tuple[AllocatedDevice, tuple[SocState, ...]]] = []
         for d in claim.devices:
             if d.pool != self.node_name:
                 raise PrepareError(f"device {d.device} is in pool {d.pool}, not {self.node_name}")
@@ -150,10 +222,12 @@ class QaicDraDriver:
                 taint = unhealthy_taint(state)
                 if taint is not None and not d.tolerates(taint):
                     raise PrepareError(self._unhealthy(state))
-            chosen.append((d.request, d.device, members))
+            chosen.append((d, members))
         if not chosen:
             return []
-        qids = ",".join(str(q) for q in sorted({s.soc.qid for _, _, m in chosen for s in m}))
+        # One CDI device per device: two shares of one SoC in a claim are one device node.
+        nodes = {d.device: m for d, m in chosen}
+        qids = ",".join(str(q) for q in sorted({s.soc.qid for m in nodes.values() for s in m}))
         body: dict[str, Any] = {
             "kind": CDI_KIND,
             "containerEdits": {"env": [f"{VISIBLE_DEVICES_ENV}={qids}"]},
@@ -165,7 +239,7 @@ class QaicDraDriver:
                                         for s in m]
                     },
                 }
-                for _, name, m in sorted(chosen, key=lambda c: c[1])
+                for name, m in sorted(nodes.items())
             ],
         }
         spec = {"cdiVersion": minimum_version(body), **body}
@@ -176,22 +250,19 @@ class QaicDraDriver:
             extra={"event": "dra_cdi_written", "path": str(path), VISIBLE_DEVICES_ENV: qids},
         )
         return [
-            PreparedDevice((req,), self.node_name, name, (f"{CDI_KIND}={uid}-{name}",))
-            for req, name, _ in chosen
+            PreparedDevice((d.request,), self.node_name, d.device,
+                           (f"{CDI_KIND}={uid}-{d.device}",), d.share_id)
+            for d, _ in chosen
         ]
 
     @staticmethod
     def _unhealthy(state: SocState) -> str:
         """Which SoC (PCI address and device node as on the host), why, and what to do."""
         soc = state.soc
-        host = f"/dev/{soc.dev_relpath}"
-        # Findings name the node where this process sees it (QAIC_DEV_ROOT, /host/dev in the
-        # DaemonSet); the operator looks on the host.
-        mounted = re.compile(r"\S*/" + re.escape(soc.dev_relpath) + r"(?![0-9])")
-        why = "; ".join(f"{f.signal.value}: {mounted.sub(host, f.detail)}" for f in state.findings)
         return (
-            f"SoC {soc.pci_address} ({host}) is unhealthy: {why}. Delete the pod to get "
-            f"another SoC, or tolerate the taint {TAINT_UNHEALTHY} in the claim"
+            f"SoC {soc.pci_address} (/dev/{soc.dev_relpath}) is unhealthy: {host_findings(state)}"
+            f". Delete the pod to get another SoC, or tolerate the taint {TAINT_UNHEALTHY} in "
+            f"the claim"
         )
 
     async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:

@@ -113,7 +113,10 @@ class DraPlugin:
         self._owner = None if pod_uid else FileLock(self.names.driver_dir / SOCKETS_LOCK)
         services = [DRA_SERVICE_V1] + ([HEALTH_SERVICE_V1] if health is not None else [])
         self.registration = RegistrationServicer(driver_name, str(self.dra_socket), services)
-        dra = _TakingTurns(node, Turns(self.names.driver_dir / SERIALIZE_LOCK, checkpoint))
+        #: One call at a time across the node's instances: prepare, unprepare, and anything
+        #: else that rewrites prepared claims (NodeService.prepare_again_holding).
+        self.turns = Turns(self.names.driver_dir / SERIALIZE_LOCK, checkpoint)
+        dra = _TakingTurns(node, self.turns)
         watch = (
             DraHealthServicer(health, heartbeat_seconds=health_heartbeat_seconds)
             if health is not None else None

@@ -98,6 +98,14 @@ class AllocatedDevice:
         """
         return not self.admin_access and self.share_id is None
 
+    def coexists_with(self, other: AllocatedDevice) -> bool:
+        """May this allocation and `other` hold the same hardware at once? When either has
+        adminAccess, or both are shares (shareID) of a device's consumable capacity. A share
+        and a whole allocation never: the scheduler does not share a device allocated whole
+        (a checkpoint from before a change of the share count could still hold one)."""
+        return (self.admin_access or other.admin_access
+                or (self.share_id is not None and other.share_id is not None))
+
     def tolerates(self, taint: Taint) -> bool:
         """May this allocation use a device with `taint`? adminAccess may use any device."""
         return self.admin_access or any(t.tolerates(taint) for t in self.tolerations)
@@ -168,3 +176,13 @@ class DraDriver(Protocol):
     async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
         """Undo prepare. `devices` is empty when the claim is unknown: still clean up by UID."""
         ...
+
+    def units(self, device: str) -> frozenset[str]:
+        """The pieces of hardware `device` (of this driver's pool) uses, by any stable names.
+
+        Two claims may not hold the same unit at once (NodeService's last line of defence),
+        so a driver whose devices overlap says so here: a whole card and its SoCs, a part of
+        a card and the card, are different devices sharing units. Default: each device is a
+        unit of its own, which is right for drivers whose devices never overlap.
+        """
+        return frozenset({device})
