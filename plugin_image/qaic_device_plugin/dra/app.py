@@ -7,6 +7,11 @@ qaic-util has named its SKU), inotify on /dev/accel, and the fingerprinted safet
 (RescanGate). Instead of ListAndWatch, every change is published as ResourceSlices, and claims
 are prepared through the generic kubelet/dra machinery.
 
+Prepared claims are kept true to the node: their status (`status.devices`: each device's SoCs,
+QIDs, card, NUMA node, health; dra/claim_status.py) is written after prepare and again when a
+SoC's health changes, and when the SoCs' device nodes change under a running node (driver
+reload, re-probe) their CDI specs are written again, since kubelet sends no prepare for that.
+
 With QAIC_METRICS_PORT (as in device-plugin mode) it serves /metrics (the SoC gauges and
 health counters, resource label `qaic.qualcomm.com`), /healthz (every loop runs) and /readyz
 (registered with kubelet and the server holding the node's ResourceSlices as wanted: 503
@@ -30,17 +35,20 @@ from ..config.settings import Settings
 from ..core.aio import wait_event
 from ..core.fswatch import watch_directory
 from ..kubelet.dra.checkpoint import Checkpoint
+from ..kubelet.dra.claim_status import ClaimStatusWriter
 from ..kubelet.dra.claims import ApiClaimSource
 from ..kubelet.dra.health import HealthFeed
 from ..kubelet.dra.node import NodeService
 from ..kubelet.dra.plugin import DraPlugin
 from ..kubelet.dra.slices import SlicePublisher
+from ..kubelet.dra.types import PreparedClaim
 from ..observability.sink import MetricsSink, metrics_for
 from ..qaic.fingerprint import RescanGate
 from ..qaic.inventory import Inventory, NodeState, log_health_changes
 from ..qaic.model import Soc
 from ..scan.qaic_util_poll import QaicUtilPolling, paced_scan
 from .backend import DRIVER_NAME, QaicDraDriver, health_reports
+from .claim_status import device_status
 from .settings import DraSettings
 
 log = logging.getLogger(__name__)
@@ -64,11 +72,17 @@ class DraApp:
             settings.sku_overrides,
             ue_cooldown_seconds=settings.ue_cooldown_seconds,
         )
-        self.driver = QaicDraDriver(dra.node_name, settings.cdi_dir)
+        self.driver = QaicDraDriver(dra.node_name, settings.cdi_dir,
+                                    shares=settings.allowed_shares)
         self.publisher = SlicePublisher(client, DRIVER_NAME, dra.node_name)
         checkpoint = Checkpoint(dra.plugins_dir / DRIVER_NAME / "checkpoint.json")
         checkpoint.load()
         self.node = NodeService(self.driver, ApiClaimSource(client, DRIVER_NAME), checkpoint)
+        self.claim_status = ClaimStatusWriter(client, DRIVER_NAME)
+        self.node.on_prepared.append(self._report)
+        self.node.on_unprepared.append(lambda ref: self.claim_status.forget(ref.uid))
+        self._moved: set[str] = set()  # devices whose prepared claims need their specs again
+        self._respec = asyncio.Event()
         self.health: HealthFeed = HealthFeed(())
         self.plugin = DraPlugin(
             DRIVER_NAME, self.node, plugins_dir=dra.plugins_dir, registry_dir=dra.registry_dir,
@@ -96,9 +110,40 @@ class DraApp:
         self.state = state
         self._devices = self.driver.update(state.socs)
         self._publish.set()
-        await self.health.publish(health_reports(self.dra.node_name, state.socs))
+        if self.driver.moved or self._moved:  # (also retries what could not be done)
+            self._moved |= self.driver.moved
+            self._respec.set()
+        for claim in self.node.prepared.values():
+            self._report(claim)
+        await self.health.publish(health_reports(self.dra.node_name, state.socs,
+                                                 cards_too=self.driver.partitions))
+
+    def _report(self, claim: PreparedClaim) -> None:
+        """The claim's status entries from its devices' SoCs as they are now (written only
+        when they changed)."""
+        self.claim_status.want(claim.ref, [
+            device_status(d, self.driver.members(d.device)) for d in claim.allocation().devices
+        ])
 
     # -- loops -------------------------------------------------------------------------------
+
+    async def _spec_refresher(self) -> None:
+        """Prepare again (in turn with kubelet's calls, across instances) the prepared claims
+        whose devices' nodes changed, so a restarting container gets the SoC's node as it
+        is now. Cheap when nothing moved: it waits."""
+        while True:
+            await self._respec.wait()
+            self._respec.clear()
+            moved, self._moved = frozenset(self._moved), set()
+            async with self.plugin.turns.turn():
+                done = await self.node.prepare_again_holding(self.dra.node_name, moved)
+            failed = {uid for uid, outcome in done.items() if isinstance(outcome, str)}
+            if failed:  # e.g. a SoC not back yet: again at the next refresh
+                self._moved |= moved
+            if done.keys() - failed:
+                log.info("CDI specs of prepared claims written again", extra={
+                    "event": "dra_specs_refreshed", "claims": sorted(done.keys() - failed),
+                    "devices": sorted(moved)})
 
     async def _refresher(self) -> None:
         while True:
@@ -185,6 +230,8 @@ class DraApp:
             "qaic-util-poll": self.qaic_util.loop(lambda: self.state, self._dirty),
             "slice-publisher": self._publisher(),
             "slice-watch": self.publisher.watch(self._publish.set),
+            "claim-status": self.claim_status.run(),
+            "spec-refresh": self._spec_refresher(),
             "dra-sockets": self.plugin.run(),
         }
 
