@@ -76,9 +76,24 @@ def probe(client: Client, settings: StackSettings) -> list[Missing]:
     if not _served(client, DeviceClass):
         return [Missing("allocationApi", "dra", "resource.k8s.io/v1 DeviceClasses and "
                         "ResourceSlices (Dynamic Resource Allocation, Kubernetes 1.34+)")]
-    if not settings.one_card_rule:
-        return []
     out = []
+    if settings.allowed_device_shares > 1:
+        # Shared SoCs are devices with allowMultipleAllocations and consumable capacity; a
+        # server without the feature drops both and would allocate each SoC to one claim.
+        shares = str(settings.allowed_device_shares)
+        probe_shared = ResourceSlice.from_dict({
+            "metadata": {"generateName": f"{PROBE}-"},
+            "spec": {"driver": DRIVER_NAME, "nodeName": PROBE,
+                     "pool": {"name": PROBE, "generation": 0, "resourceSliceCount": 1},
+                     "devices": [{"name": "soc", "allowMultipleAllocations": True,
+                                  "capacity": {"shares": {"value": shares}}}]}})
+        if not _kept(client, probe_shared,
+                     lambda o: o.spec.devices and o.spec.devices[0].allowMultipleAllocations):
+            out.append(Missing("allowedDeviceShares", shares, "ResourceSlice devices with "
+                               "allowMultipleAllocations (feature DRAConsumableCapacity, "
+                               "Kubernetes 1.36+)"))
+    if not settings.one_card_rule:
+        return out
     one_card = ("ultraOneCard", "true")
     if not _served(client, MutatingAdmissionPolicy):
         out.append(Missing(*one_card, "admissionregistration.k8s.io/v1 "

@@ -128,16 +128,22 @@ def _check_combinations(stack: str, s: StackSettings, secrets: set[str] | frozen
         raise fail("ultraOneCardNamespaces", list(s.ultra_one_card_namespaces), "has no effect "
                    "unless 'qaic-k8s:allocationApi' is 'dra', 'qaic-k8s:skuBasedResources' is "
                    "true and 'qaic-k8s:ultraOneCard' is true")
-    if s.dra and s.allowed_device_shares > 1:
-        raise fail("allowedDeviceShares", s.allowed_device_shares, "conflicts with "
-                   "'qaic-k8s:allocationApi' = 'dra' (the DRA driver allocates whole SoCs)")
     if s.sku_overrides and not (s.sku_based_resources or s.dra):
         raise fail("skuOverrides", list(s.sku_overrides), "has no effect unless "
                    "'qaic-k8s:skuBasedResources' is true or 'qaic-k8s:allocationApi' is 'dra'")
-    if s.workload_ultra_job and s.allowed_device_shares > 1:
+    if s.workload_ultra_job and s.allowed_device_shares > 1 and not s.dra:
         raise fail("workloadUltraJob", "true",
-                   "needs 'qaic-k8s:allowedDeviceShares' = 1 (shares turn topology-aware "
-                   "allocation off, so 4 SoCs of one Ultra card cannot be guaranteed)")
+                   "needs 'qaic-k8s:allowedDeviceShares' = 1 in device-plugin mode (shares "
+                   "turn topology-aware allocation off, so 4 SoCs of one Ultra card cannot be "
+                   "guaranteed; DRA mode's claim can)")
+    if s.workload_monitor and not s.dra:
+        raise fail("workloadMonitor", "true", "needs 'qaic-k8s:allocationApi' = 'dra' "
+                   "(device plugins have no admin access: a pod holding every SoC would "
+                   "leave none for anybody else)")
+    if s.workload_monitor and s.monitor_namespace == s.workload_namespace:
+        raise fail("monitorNamespace", s.monitor_namespace, "must differ from "
+                   "'qaic-k8s:workloadNamespace' (the admin-access label would let every "
+                   "sample claim any SoC in use)")
     if s.any_workload and not s.workload_image:
         raise fail("workloadImage", "", "is not allowed when a sample workload is enabled")
     if s.render_mode and s.kube_context:

@@ -136,6 +136,16 @@ class StackSettings(PluginSettings):
         max_length=63,
         description="a DNS-1123 label",
     )
+    workload_monitor: bool = Field(
+        default=False, alias="workloadMonitor", description="true or false"
+    )
+    monitor_namespace: str = Field(
+        default="qaic-monitoring",
+        alias="monitorNamespace",
+        pattern=f"^{DNS_LABEL}$",
+        max_length=63,
+        description="a DNS-1123 label",
+    )
     # --- DRA mode: pods written for device-plugin mode -----------------------------------
     ultra_one_card: bool = Field(default=True, alias="ultraOneCard", description="true or false")
     ultra_one_card_namespaces: tuple[str, ...] = Field(
@@ -255,7 +265,8 @@ class StackSettings(PluginSettings):
 
     @property
     def any_workload(self) -> bool:
-        return self.workload_pod_example or self.workload_deployment or self.workload_ultra_job
+        return (self.workload_pod_example or self.workload_deployment
+                or self.workload_ultra_job or self.workload_monitor)
 
 
 FIELDS_BY_ALIAS: dict[str, str] = {

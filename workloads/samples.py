@@ -4,6 +4,8 @@
   examples/pod-example.yml, kept running so `pulumi up` can await it Ready);
 - deployment: one replica holding one SoC, ``runAsGroup`` of the ``qaic`` group (995) so
   the runtime tools work unprivileged (deploy-qaic-single.yaml);
+- monitor (DRA mode): a DaemonSet whose pods see every SoC of their node without taking one
+  (an adminAccess claim), in a namespace of its own;
 - 4-SoC job: asks for four SoCs in one pod, shows them and completes. One Ultra card carries
   four SoCs behind its on-card PCIe switch, so with SKU mode on it asks for
   ``qualcomm.com/qaic-ultra: 4`` and fits exactly one Ultra card.
@@ -43,6 +45,7 @@ ULTRA_JOB_BACKOFF_LIMIT = 6
 POD_EXAMPLE = "qaic-pod-example"
 DEPLOYMENT = "qaic-inference"
 ULTRA_JOB = "qaic-ultra-4soc"
+MONITOR = "qaic-monitor"
 #: The pod's claim name (DRA mode), and the request name in its template.
 CLAIM = "socs"
 
@@ -170,6 +173,22 @@ def ultra_job_spec(params: WorkloadParams) -> tuple[str, k8s.batch.v1.JobSpecArg
             "metadata": {"labels": _labels(name)},
             "spec": _pod(params, 4, show_command(stay=False), "Never"),
         },
+    }
+
+
+def monitor_spec(
+    params: WorkloadParams, node_selector: Mapping[str, str] | None = None,
+) -> tuple[str, k8s.apps.v1.DaemonSetSpecArgsDict]:
+    """Name and spec of the monitoring DaemonSet (DRA mode only): one pod per node that sees
+    every SoC of its node through an adminAccess claim (``params.claim_template``) and takes
+    none; it shows them and stays up, where an exporter would serve its metrics."""
+    name = MONITOR
+    pod = _pod(params, 0, show_command(stay=True), "Always")
+    if node_selector:
+        pod["node_selector"] = dict(node_selector)  # the driver's nodes
+    return name, {
+        "selector": {"match_labels": {"app.kubernetes.io/name": name}},
+        "template": {"metadata": {"labels": _labels(name)}, "spec": pod},
     }
 
 

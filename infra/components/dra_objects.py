@@ -47,13 +47,23 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 
 def cluster_role_rules() -> list[k8s.rbac.v1.PolicyRuleArgsDict]:
-    """What the driver calls (kubelet/dra/slices.py, claims.py): its ResourceSlices (the
-    policy below narrows writes to its node), claims it is asked to prepare (get only), and
-    its Node (get: the owner reference that garbage-collects the slices with the node)."""
+    """What the driver calls (kubelet/dra/slices.py, claims.py, claim_status.py): its
+    ResourceSlices (the policy below narrows writes to its node), claims it is asked to
+    prepare (get only), its entries in their status (server-side apply is a patch: `patch` on
+    the status subresource, and the per-driver permission the API server checks for
+    `status.devices` since 1.36, DRAResourceClaimGranularStatusAuthorization: verb
+    `associated-node:patch` on the synthetic `resourceclaims/driver` named after the driver,
+    which holds only for a token bound to a pod on the claim's node, as upstream's example
+    driver grants it), and its Node (get: the owner reference that garbage-collects the
+    slices with the node)."""
     return [
         {"api_groups": ["resource.k8s.io"], "resources": ["resourceslices"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"api_groups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+        {"api_groups": ["resource.k8s.io"], "resources": ["resourceclaims/status"],
+         "verbs": ["patch"]},
+        {"api_groups": ["resource.k8s.io"], "resources": ["resourceclaims/driver"],
+         "verbs": ["associated-node:patch"], "resource_names": [DRIVER_NAME]},
         {"api_groups": [""], "resources": ["nodes"], "verbs": ["get"]},
     ]
 

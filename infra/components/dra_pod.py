@@ -20,8 +20,9 @@ Privileges it keeps, and why (docs/provisioning.md and docs/dra.md repeat this):
 - hostPaths of sysfs, /dev and the Platform SDK read-only: discovery and health, as in
   device-plugin mode.
 - a service-account token (automounted, bound to the pod): the driver writes its node's
-  ResourceSlices and reads the claims it prepares. Bound to the pod, the token names the node,
-  which the ResourceSlice admission policy checks.
+  ResourceSlices, reads the claims it prepares and writes its entries in their status.
+  Bound to the pod, the token names the node, which the ResourceSlice admission policy and
+  the API server's check of claim status writes (`associated-node`) rely on.
 - the metrics port (`metricsPort`, in the pod's own network namespace): /metrics, and the
   liveness (/healthz) and readiness (/readyz: registered with kubelet, slices written) probes.
 Not kept, unlike device-plugin mode: hostNetwork (the DRA mode listens to no uevents; inotify
@@ -63,6 +64,8 @@ def dra_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
         "QAIC_UE_COOLDOWN_SECONDS": str(s.ue_cooldown_seconds),
         "QAIC_UDEV_ENABLED": "false",  # no host network namespace, so no uevents
         "QAIC_METRICS_PORT": str(s.metrics_port),
+        # > 1: SoCs are published with consumable capacity (claims share them), no cards.
+        "ALLOWED_QAIC_DEVICE_SHARES": str(s.allowed_device_shares),
         "QAIC_SYSFS_ROOT": "/host/sys",
         "QAIC_DEV_ROOT": "/host/dev",
     }

@@ -12,7 +12,9 @@ it is a Pulumi-only annotation that has no business in rendered GitOps manifests
 In DRA mode each sample also gets a ResourceClaimTemplate (created before it, named by its
 spec's hash too, so a changed template is a new one): the one-SoC samples claim one device
 of the all-SoCs class (of the ``workloadSku`` class when the stack sets that key), the 4-SoC
-job four Ultra SoCs constrained to one card.
+job a prioritized list: a whole Ultra card, else four SoCs of one card, else four Standard
+SoCs (workloads/dra_claims.py). The monitoring DaemonSet (``workloadMonitor``, DRA mode only)
+is declared by infra/components/monitor.py in a namespace of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components.dra_classes import card_class_name
 from infra.components.dra_objects import ALL_SOCS_CLASS, CARD_ATTRIBUTE, sku_class_name
+from infra.components.monitor import declare_monitor
 from infra.settings import StackSettings
-from workloads.dra_claims import claim_template_spec
+from workloads.dra_claims import claim_template_spec, four_socs_spec
 from workloads.samples import (
     DEPLOYMENT,
     POD_EXAMPLE,
@@ -62,7 +66,9 @@ class Workloads(pulumi.ComponentResource):
         s = args.settings
         self.created = []
         self.resources: list[pulumi.CustomResource] = []
-        if not s.any_workload:
+        if s.workload_monitor:
+            self.created += declare_monitor(self, name, s, args.served_by, self.resources)
+        if not (s.workload_pod_example or s.workload_deployment or s.workload_ultra_job):
             self.register_outputs({"created": self.created})
             return
 
@@ -93,14 +99,13 @@ class Workloads(pulumi.ComponentResource):
             )
 
         def claims(
-            workload: str, device_class: str, count: int, same_card: str | None = None
+            workload: str, spec: k8s.resource.v1.ResourceClaimTemplateSpecArgsDict,
         ) -> tuple[list[pulumi.Resource], str]:
             """DRA mode: the sample's ResourceClaimTemplate, which the sample depends on, and
             its name (spec-hashed: a changed template is a new object, made before the old
             one goes, and the sample that names it changes with it)."""
             if not s.dra:
                 return [], workload
-            spec = claim_template_spec(device_class, count, same_card)
             template_name = versioned(workload, spec)
             template = k8s.resource.v1.ResourceClaimTemplate(
                 f"{name}-{workload}-claims",
@@ -121,7 +126,7 @@ class Workloads(pulumi.ComponentResource):
         chosen = s.workload_sku_chosen
         one_soc_class = sku_class_name(chosen) if chosen else ALL_SOCS_CLASS
         if s.workload_pod_example:
-            deps, template = claims(POD_EXAMPLE, one_soc_class, 1)
+            deps, template = claims(POD_EXAMPLE, claim_template_spec(one_soc_class, 1))
             app, pod = pod_example_spec(params(s.workload_resource, template))
             pod_name = versioned(app, pod)
             self.resources.append(k8s.core.v1.Pod(
@@ -132,7 +137,7 @@ class Workloads(pulumi.ComponentResource):
             ))
             self.created.append(f"Pod/{namespace}/{pod_name}")
         if s.workload_deployment:
-            deps, template = claims(DEPLOYMENT, one_soc_class, 1)
+            deps, template = claims(DEPLOYMENT, claim_template_spec(one_soc_class, 1))
             dep_name, dep = deployment_spec(params(s.workload_resource, template))
             self.resources.append(k8s.apps.v1.Deployment(
                 f"{name}-deployment",
@@ -142,7 +147,9 @@ class Workloads(pulumi.ComponentResource):
             ))
             self.created.append(f"Deployment/{namespace}/{dep_name}")
         if s.workload_ultra_job:
-            deps, template = claims(ULTRA_JOB, sku_class_name("ultra"), 4, CARD_ATTRIBUTE)
+            deps, template = claims(ULTRA_JOB, four_socs_spec(
+                card_class_name("ultra"), ALL_SOCS_CLASS, sku_class_name("std"), CARD_ATTRIBUTE,
+                shared=s.allowed_device_shares > 1))
             app, job = ultra_job_spec(params(s.ultra_job_resource, template))
             job_name = versioned(app, job)
             self.resources.append(k8s.batch.v1.Job(

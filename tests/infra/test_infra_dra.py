@@ -136,6 +136,12 @@ def test_rbac_is_minimal_and_bound_to_the_plugin_service_account() -> None:
         {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+        # The driver's entries in status.devices (kubelet/dra/claim_status.py): a patch of
+        # the status subresource, and the per-driver check of 1.36+ for its node's claims.
+        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/status"],
+         "verbs": ["patch"]},
+        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/driver"],
+         "verbs": ["associated-node:patch"], "resourceNames": [DRIVER_NAME]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
     ]
     (binding,) = objects(run, "ClusterRoleBinding").values()
@@ -274,11 +280,15 @@ def test_samples_claim_socs_through_their_resource_claim_templates() -> None:
     assert one == {"requests": [{"name": "socs", "exactly": {
         "deviceClassName": "qaic.qualcomm.com", "allocationMode": "ExactCount", "count": 1}}]}
     assert templates["qaic-inference"]["spec"] == templates["qaic-pod-example"]["spec"]
-    job = templates["qaic-ultra-4soc"]["spec"]["spec"]["devices"]
-    assert job["requests"] == [{"name": "socs", "exactly": {
-        "deviceClassName": "ultra.qaic.qualcomm.com", "allocationMode": "ExactCount",
-        "count": 4}}]
-    assert job["constraints"] == [{"requests": ["socs"],
+    job = templates["qaic-ultra-4soc"]["spec"]["spec"]["devices"]  # a prioritized list
+    assert job["requests"] == [{"name": "socs", "firstAvailable": [
+        {"name": "card", "deviceClassName": "ultra-card.qaic.qualcomm.com",
+         "allocationMode": "ExactCount", "count": 1},
+        {"name": "one-card", "deviceClassName": "qaic.qualcomm.com",
+         "allocationMode": "ExactCount", "count": 4},
+        {"name": "std", "deviceClassName": "std.qaic.qualcomm.com",
+         "allocationMode": "ExactCount", "count": 4}]}]
+    assert job["constraints"] == [{"requests": ["socs/one-card"],
                                    "matchAttribute": "qaic.qualcomm.com/cardID"}]
     samples = {**objects(run, "Pod"), **objects(run, "Deployment"), **objects(run, "Job")}
     workloads = {unversioned(k): v for k, v in samples.items()}
@@ -325,9 +335,13 @@ def test_every_dra_object_is_strictly_valid_for_kubernetes_1_34_and_later() -> N
     ({"allocationApi": "dra", "ultraOneCardNamespaces": '["team=dra"]'},
      "stack 'unit': 'qaic-k8s:ultraOneCardNamespaces' is '[\"team=dra\"]', which has no "
      "effect unless 'qaic-k8s:allocationApi' is 'dra', 'qaic-k8s:skuBasedResources' is true"),
-    ({"allocationApi": "dra", "allowedDeviceShares": "2"},
-     "stack 'unit': 'qaic-k8s:allowedDeviceShares' is '2', which conflicts with "
-     "'qaic-k8s:allocationApi' = 'dra' (the DRA driver allocates whole SoCs)."),
+    ({"workloadMonitor": "true", "workloadImage": "x"},
+     "stack 'unit': 'qaic-k8s:workloadMonitor' is 'true', which needs "
+     "'qaic-k8s:allocationApi' = 'dra' (device plugins have no admin access"),
+    ({"allocationApi": "dra", "workloadMonitor": "true", "workloadImage": "x",
+      "monitorNamespace": "qaic-workloads"},
+     "stack 'unit': 'qaic-k8s:monitorNamespace' is 'qaic-workloads', which must differ from "
+     "'qaic-k8s:workloadNamespace'"),
 ])
 def test_bad_allocation_api_settings_are_one_line(raw: dict[str, str], line: str) -> None:
     with pytest.raises(ConfigError) as info:

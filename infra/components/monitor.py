@@ -1,0 +1,76 @@
+"""The monitoring sample (``workloadMonitor``, DRA mode only): a DaemonSet whose pod on each node
+sees every SoC of that node without taking one, where an exporter (qaic-util, the runtime's
+telemetry) would run.
+
+Its claim (workloads/dra_claims.py, ``monitor_claim_spec``) asks for all SoCs of the node with
+``adminAccess``: the scheduler neither counts such an allocation as using the devices nor
+refuses devices in use (KEP-5018), so the monitor blocks nobody and is blocked by nobody; the
+driver prepares it for unhealthy SoCs too (the claim tolerates their taint, and adminAccess
+is honoured at prepare). The API server allows ``adminAccess`` only in a namespace labelled
+``resource.kubernetes.io/admin-access: "true"`` (it refuses the claim, or the template,
+anywhere else), so the monitor gets a namespace of its own with that label: one the samples
+do not share, since the label lets any claim there reach SoCs other pods hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components.dra_objects import ALL_SOCS_CLASS
+from infra.settings import StackSettings
+from qaic_device_plugin.dra.backend import TAINT_UNHEALTHY
+from workloads.dra_claims import monitor_claim_spec
+from workloads.samples import MONITOR, WorkloadParams, labels_for, monitor_spec, versioned
+
+#: The namespace label the API server requires for adminAccess (DRAAdminNamespaceLabelKey).
+ADMIN_ACCESS_LABEL = "resource.kubernetes.io/admin-access"
+
+
+def declare_monitor(
+    parent: pulumi.Resource,
+    name: str,
+    s: StackSettings,
+    served_by: Sequence[pulumi.Resource],
+    resources: list[pulumi.CustomResource],
+) -> list[str]:
+    """Declare the namespace, the claim template and the DaemonSet; return them as
+    ``Kind/namespace/name`` (the stack's ``workloads`` output)."""
+    namespace = s.monitor_namespace
+    ns = k8s.core.v1.Namespace(
+        f"{name}-monitor-namespace",
+        metadata={"name": namespace, "labels": {
+            "app.kubernetes.io/part-of": "qaic-k8s-samples",
+            "pod-security.kubernetes.io/enforce": "restricted",
+            ADMIN_ACCESS_LABEL: "true",
+        }},
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=[ns, *served_by])
+    spec = monitor_claim_spec(ALL_SOCS_CLASS, TAINT_UNHEALTHY)
+    template_name = versioned(MONITOR, spec)
+    template = k8s.resource.v1.ResourceClaimTemplate(
+        f"{name}-monitor-claims",
+        metadata={"name": template_name, "namespace": namespace,
+                  "labels": labels_for(MONITOR)},
+        spec=spec,
+        opts=opts,
+    )
+    params = WorkloadParams(
+        resource_name="", image=s.workload_image, namespace=namespace,
+        image_pull_policy=s.image_pull_policy, tolerations=s.toleration_list,
+        claim_template=template_name,
+    )
+    app, daemonset = monitor_spec(params, s.node_selector_map)
+    monitor = k8s.apps.v1.DaemonSet(
+        f"{name}-monitor",
+        metadata={"name": app, "namespace": namespace, "labels": labels_for(app)},
+        spec=daemonset,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[template])),
+    )
+    resources += [ns, template, monitor]
+    return [f"ResourceClaimTemplate/{namespace}/{template_name}",
+            f"DaemonSet/{namespace}/{app}"]
+
