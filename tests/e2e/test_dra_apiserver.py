@@ -96,8 +96,8 @@ def test_api_server_accepts_every_rendered_object_and_the_policy_keeps_slices_on
     [got] = json.loads(kubectl(api, "get", "resourceclaimtemplate", "-n", "qaic-workloads", "-l",
                                "app.kubernetes.io/name=qaic-ultra-4soc", "-o", "json").stdout)[
         "items"]  # named by its spec's hash, found by its app label
-    assert got["spec"]["spec"]["devices"]["constraints"] == [
-        {"requests": ["socs"], "matchAttribute": "qaic.qualcomm.com/cardID"}]
+    assert got["spec"]["spec"]["devices"]["constraints"] == [  # a prioritized list's 2nd
+        {"requests": ["socs/one-card"], "matchAttribute": "qaic.qualcomm.com/cardID"}]
 
     # RBAC: the slices, and nothing like DeviceClasses.
     can = kubectl(api, "auth", "can-i", "create", "resourceslices.resource.k8s.io",
