@@ -1,7 +1,8 @@
 """DRA mode's objects (issue 12 part 3) with the real tools: the real Pulumi CLI renders the
 committed `dra-example` stack, a real kube-apiserver 1.37 accepts every rendered object
 (server-side apply), and the ResourceSlice admission policy lets the driver's service account
-write only its own node's slices (impersonated with the node name a pod-bound token carries).
+write only its own node's slices of its own driver (impersonated with the node name a
+pod-bound token carries).
 Switching `allocationApi` both ways is one `pulumi up` each, with the plan the docs describe.
 """
 
@@ -48,10 +49,10 @@ def as_driver(node: str | None) -> list[str]:
     return [*args, f"--as-user-extra={NODE_EXTRA}={node}"] if node else args
 
 
-def resource_slice(name: str, node: str) -> str:
+def resource_slice(name: str, node: str, driver: str = "qaic.qualcomm.com") -> str:
     return json.dumps({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": name},
-        "spec": {"driver": "qaic.qualcomm.com", "nodeName": node,
+        "spec": {"driver": driver, "nodeName": node,
                  "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
                  "devices": [{"name": "soc-0000-35-00-0"}]},
     })
@@ -135,6 +136,21 @@ def test_api_server_accepts_every_rendered_object_and_the_policy_keeps_slices_on
     assert steal.returncode != 0 and "resourceslices on node 'node-b'" in steal.stderr
     gone = kubectl(api, "delete", "resourceslice", "node-a-qaic", *as_driver("node-a"))
     assert gone.returncode == 0, gone.stderr
+
+    # Issue 19: another driver's slice on the driver's own node is not its to write either.
+    gpu = resource_slice("node-a-gpu", "node-a", driver="gpu.example.com")
+    forged = kubectl(api, "create", "-f", "-", *as_driver("node-a"), stdin=gpu)
+    assert forged.returncode != 0, "the driver created another driver's slice"
+    assert "may only modify resourceslices of driver 'qaic.qualcomm.com', not of driver " \
+        "'gpu.example.com'" in forged.stderr, forged.stderr
+    assert kubectl(api, "create", "-f", "-", stdin=gpu).returncode == 0  # its own driver's
+    for attempt in (["label", "resourceslice", "node-a-gpu", "x=y"],
+                    ["delete", "resourceslice", "node-a-gpu"]):
+        refused = kubectl(api, *attempt, *as_driver("node-a"))
+        assert refused.returncode != 0 and "not of driver 'gpu.example.com'" in refused.stderr, (
+            attempt, refused.stderr)
+    assert kubectl(api, "get", "resourceslice", "node-a-gpu").returncode == 0
+    kubectl(api, "delete", "resourceslice", "node-a-gpu")
 
 
 def steps(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
