@@ -128,7 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
     p.add_argument("--no-build", action="store_true", help="never build kwok (e2e/tools.sh)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="only print the table and profile of an earlier run's JSON, redraw its SVG")
     args = p.parse_args(argv)
+    if args.report:
+        earlier = json.loads(args.report.read_text())
+        print(report.table(earlier))
+        print(report.profile(earlier))
+        print(f"wrote {plot.draw(earlier, args.report.with_suffix('.svg'))}")
+        return 0
     plan = QUICK if args.quick else FULL
     changes = {k: v for k, v in (("nodes", tuple(args.nodes or ())),
                                  ("loads", tuple(args.loads or ())),

@@ -28,6 +28,7 @@ from .tracker import Tracker, placements
 
 Json = dict[str, Any]
 NODE_CONCURRENCY = 32
+IDLE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
                 kube, f"/apis/resource.k8s.io/v1/{ns}/resourceclaims", tracker.on_claim)))
         load = Load(kube, tracker, dra=dra, seed=plan.seed)
         total = n * layout.socs
+        # the background (kwok's heartbeats, controllers' resyncs, watches): subtracted from
+        # each phase's CPU to give the marginal CPU a pod costs
+        await asyncio.sleep(IDLE_SECONDS)
+        readings.append(("idle", procstat.read(cp.pids)))
 
         requests_before = requests_by_kind(await kube.text("/metrics"))
         result["api_requests_per_bound_pod"] = {}
@@ -178,6 +183,12 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
         label: procstat.cpu_ms_per_pod(a, b, sum(
             1 for r in tracker.pods.values() if r.bound is not None and a.at <= r.bound < b.at))
         for label, a, b in pairs}
+    background = result["cpu_cores"]["idle"]
+    result["cpu_ms_per_bound_pod_marginal"] = {
+        label: procstat.cpu_ms_per_pod(a, b, sum(
+            1 for r in tracker.pods.values() if r.bound is not None and a.at <= r.bound < b.at),
+            background)
+        for label, a, b in pairs if label != "idle"}
     result["load_average"] = {label: round(b.load, 2) for label, _, b in pairs}
     last = readings[-1][1]
     result["rss_mb"] = {k: round(v, 1) for k, v in last.rss_mb.items()}

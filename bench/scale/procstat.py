@@ -64,9 +64,14 @@ def cores(a: Reading, b: Reading) -> dict[str, float]:
     return out
 
 
-def cpu_ms_per_pod(a: Reading, b: Reading, pods: int) -> dict[str, float]:
+def cpu_ms_per_pod(a: Reading, b: Reading, pods: int,
+                   background: Mapping[str, float] | None = None) -> dict[str, float]:
     """CPU milliseconds each process spent per pod bound between two readings: what a pod
-    costs, whatever else the machine was doing (unlike pods per second)."""
+    costs, whatever else the machine was doing (unlike pods per second). With `background`
+    (cores each process used while idle), that share of the interval is taken off first."""
     if pods <= 0:
         return {}
-    return {n: round(1000 * (b.cpu[n] - a.cpu[n]) / pods, 2) for n in b.cpu if n in a.cpu}
+    wall = b.at - a.at
+    bg = background or {}
+    return {n: round(1000 * max(0.0, b.cpu[n] - a.cpu[n] - bg.get(n, 0.0) * wall) / pods, 2)
+            for n in b.cpu if n in a.cpu}

@@ -8,6 +8,28 @@ from typing import Any
 
 Json = dict[str, Any]
 PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok", "bench")
+CONTROL_PLANE = PROCS[:4]
+IDLE = "15 s before the first job"
+CPUS = 2  # the machine's; the ceiling below is what they could bind if the control plane had them
+
+
+def cp_ms_per_pod(r: Json, phase: str, key: str = "cpu_ms_per_bound_pod") -> float | None:
+    """Control-plane CPU per pod bound (kwok and the bench left out: they stand in for
+    kubelets and users)."""
+    per = _get(r, key, phase)
+    if not per or any(p not in per for p in CONTROL_PLANE):
+        return None
+    return round(float(sum(per[p] for p in CONTROL_PLANE)), 1)
+
+
+def ceiling(r: Json, phase: str) -> float | None:
+    """Pods/s the control plane could bind on CPUS CPUs of its own at its marginal CPU per
+    pod (the idle background taken off): an upper bound that the shared machine's other
+    work does not move, unlike pods/s. Only where no client rate limit sets the pace."""
+    if r.get("client_qps") is None:
+        return None
+    ms = cp_ms_per_pod(r, phase, "cpu_ms_per_bound_pod_marginal")
+    return round(CPUS * 1000 / ms, 1) if ms else None
 
 
 def _get(r: Json, *path: str) -> Any:
@@ -62,6 +84,10 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
         (f"  bench created, {first}, pods/s", _at(*f, "created_pods_per_s")),
         (f"  drain after the last create, {first}, pods/s (jobs)",
          _with((*f, "drain_pods_per_s"), (*f, "drain_pods"))),
+        (f"  control-plane CPU per pod bound, {first}, ms", lambda r: cp_ms_per_pod(r, first)),
+        (f"  of which above the idle background, {first}, ms",
+         lambda r: cp_ms_per_pod(r, first, "cpu_ms_per_bound_pod_marginal")),
+        (f"  ceiling on {CPUS} CPUs of its own, {first}, pods/s", lambda r: ceiling(r, first)),
         (f"  creation->bound p50, {first}, s", _at(*f, "create_to_bound_s", "p50")),
         (f"  creation->bound p99, {first}, s", _at(*f, "create_to_bound_s", "p99")),
     ]
@@ -93,6 +119,8 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
              for proc in PROCS]
     rows += [(f"CPU {proc}, {first}, cores", _at("cpu_cores", first, proc))
              for proc in (*PROCS, "others")]
+    rows += [(f"CPU {proc}, idle {IDLE}, cores", _at("cpu_cores", "idle", proc))
+             for proc in CONTROL_PLANE]
     rows.append((f"load average at the end of {first}", _at("load_average", first)))
     rows += [(f"RSS {proc} at end, MB", _at("rss_mb", proc)) for proc in PROCS[:4]]
     return rows
