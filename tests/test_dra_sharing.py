@@ -8,7 +8,9 @@ and Unix sockets to the kubelet stand-in, on a fake node written like the kernel
   all prepared, each with a CDI spec of its own naming the same device node and QID, and
   unpreparing one leaves the others' specs as they were;
 - a claim for a whole card and a claim for one of its SoCs are different devices on the same
-  SoC: the second prepare is refused, naming the SoC and the other claim.
+  SoC: the second prepare is refused, naming the SoC and the other claim;
+- the monitoring view (QAIC_DRA_MONITOR_DEVICE): one device `all-socs` with every SoC,
+  prepared for adminAccess only, also while a SoC is unhealthy, beside claims on its SoCs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_dra_prepare import Claims, node_of_device, on, prepare, qaic_util, spec_of
 
 from qaic_device_plugin.dra.backend import (
     DRIVER_NAME,
+    MONITOR_DEVICE,
     QaicDraDriver,
     cdi_spec_path,
     device_name,
@@ -56,29 +60,35 @@ async def kubelet(dirs: Path) -> AsyncIterator[DraKubeletSim]:
 class Harness:
     """One driver process's DRA side with the app's options (cards on, the share count)."""
 
-    def __init__(self, node: FakeNode, dirs: Path, shares: int) -> None:
+    def __init__(self, node: FakeNode, dirs: Path, options: dict[str, Any]) -> None:
+        self.node = node
         self.claims = Claims()
         self.cdi_dir = dirs / "cdi"
-        self.backend = QaicDraDriver(NODE, self.cdi_dir, partitions=True, shares=shares)
-        state = Inventory(node.sysfs_root, node.dev_root, {}).scan(qaic_util(node))
-        self.devices = {d.name: d.to_dict() for d in self.backend.update(state.socs)}
+        self.backend = QaicDraDriver(NODE, self.cdi_dir, partitions=True, **options)
+        self.rescan()
         checkpoint = Checkpoint(dirs / "plugins" / DRIVER_NAME / "checkpoint.json")
         self.plugin = DraPlugin(
             DRIVER_NAME, NodeService(self.backend, self.claims, checkpoint),
             plugins_dir=dirs / "plugins", registry_dir=dirs / "registry", resync_seconds=30.0)
 
+    def rescan(self) -> None:
+        """What the app does on every inventory change."""
+        state = Inventory(self.node.sysfs_root, self.node.dev_root, {}).scan(
+            qaic_util(self.node))
+        self.devices = {d.name: d.to_dict() for d in self.backend.update(state.socs)}
+
 
 @pytest.fixture
 async def harness(request: pytest.FixtureRequest, node: FakeNode, dirs: Path,
                   kubelet: DraKubeletSim) -> AsyncIterator[Harness]:
-    h = Harness(node, dirs, getattr(request, "param", 1))
+    h = Harness(node, dirs, getattr(request, "param", {}))
     await h.plugin.start()
     await kubelet.wait_registered(DRIVER_NAME)
     yield h
     await h.plugin.close()
 
 
-@pytest.mark.parametrize("harness", [3], indirect=True)
+@pytest.mark.parametrize("harness", [{"shares": 3}], indirect=True)
 async def test_shared_socs_are_published_with_capacity_and_prepared_per_claim(
     node: FakeNode, harness: Harness, kubelet: DraKubeletSim,
 ) -> None:
@@ -110,7 +120,7 @@ async def test_shared_socs_are_published_with_capacity_and_prepared_per_claim(
     assert [cdi_spec_path(harness.cdi_dir, r.uid).read_text() for r in refs[1:]] == before
 
 
-@pytest.mark.parametrize("harness", [2], indirect=True)
+@pytest.mark.parametrize("harness", [{"shares": 2}], indirect=True)
 async def test_two_shares_of_one_soc_in_one_claim_are_one_cdi_device(
     node: FakeNode, harness: Harness, kubelet: DraKubeletSim,
 ) -> None:
@@ -155,3 +165,37 @@ async def test_a_card_claim_and_a_claim_for_one_of_its_socs_never_both_prepare(
     assert (await prepare(kubelet, monitor)).error == ""  # adminAccess coexists
     await kubelet.unprepare(DRIVER_NAME, [soc_claim])
     assert (await prepare(kubelet, card_claim)).error == ""
+
+
+@pytest.mark.parametrize("harness", [{"monitor_device": True}], indirect=True)
+async def test_the_monitoring_view_is_every_soc_for_admin_access_only(
+    node: FakeNode, harness: Harness, kubelet: DraKubeletSim,
+) -> None:
+    device = harness.devices[MONITOR_DEVICE]
+    assert device["attributes"] == {"type": {"string": "all"},
+                                    "socCount": {"int": len(node.socs)}}
+    assert not device.get("consumesCounters") and not device.get("taints")
+    soc = node.socs[0]
+    user = harness.claims.allocate(ClaimRef("ns", "u-uid", "user"), on(soc))
+    assert (await prepare(kubelet, user)).error == ""
+    node.remove_device_node(node.socs[1].pci_address)  # a SoC goes bad
+    harness.rescan()
+    assert not harness.devices[MONITOR_DEVICE].get("taints")
+    monitor = harness.claims.allocate(
+        ClaimRef("mon", "m-uid", "monitor"),
+        AllocatedDevice("socs", NODE, MONITOR_DEVICE, admin_access=True))
+    assert (await prepare(kubelet, monitor)).error == ""  # beside the user, bad SoC and all
+    spec = spec_of(harness, monitor.uid)
+    [cdi] = spec["devices"]
+    assert sorted(n["path"] for n in cdi["containerEdits"]["deviceNodes"]) == sorted(
+        f"/dev/accel/accel{s.accel_index}" for s in node.socs)
+    assert spec["containerEdits"]["env"] == [
+        "QAIC_VISIBLE_DEVICES=" + ",".join(str(q) for q in sorted(s.qid for s in node.socs))]
+    stolen = harness.claims.allocate(ClaimRef("ns", "s-uid", "everything"),
+                                     AllocatedDevice("socs", NODE, MONITOR_DEVICE))
+    assert "already prepared for claim ns/user" in (await prepare(kubelet, stolen)).error
+    await kubelet.unprepare(DRIVER_NAME, [user])
+    assert (await prepare(kubelet, stolen)).error == (
+        "prepare ns/everything: device all-socs (every SoC of the node) is prepared only for "
+        "claims with adminAccess, in a namespace labelled "
+        "resource.kubernetes.io/admin-access=true; claim SoCs of another class")

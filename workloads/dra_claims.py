@@ -7,9 +7,9 @@ A template holds one request named ``socs``, which the sample's container names:
   constrain), else four SoCs of one card of any SKU (``matchAttribute`` on the card), else
   four Standard SoCs. With shared SoCs the last two also require four different SoCs
   (``distinctAttribute`` on the PCI address): shares of one SoC could fill a count of four;
-- the monitor: every SoC of the node with ``adminAccess`` (``allocationMode: All``),
-  tolerating the unhealthy taint, since an All request fails when one matching device
-  cannot be allocated, and a monitor matters most when a SoC is bad.
+- the monitor: with ``adminAccess``, ``allocationMode: All`` of the monitoring class, whose
+  one device per node is the driver's view of every SoC of the node (``all-socs``; why not
+  All over the SoC devices: infra/components/monitor.py).
 Each pod gets its own ResourceClaim made from the template, deleted with the pod.
 """
 
@@ -69,16 +69,13 @@ def four_socs_spec(
     }}}
 
 
-def monitor_claim_spec(
-    soc_class: str, unhealthy_taint: str,
-) -> k8s.resource.v1.ResourceClaimTemplateSpecArgsDict:
+def monitor_claim_spec(monitor_class: str) -> k8s.resource.v1.ResourceClaimTemplateSpecArgsDict:
     """Every SoC of the node, with admin access: in use or not, healthy or not."""
     return {"spec": {"devices": {"requests": [{
         "name": CLAIM,
         "exactly": {
-            "device_class_name": soc_class,
+            "device_class_name": monitor_class,
             "allocation_mode": "All",
             "admin_access": True,
-            "tolerations": [{"key": unhealthy_taint, "operator": "Exists"}],
         },
     }]}}}

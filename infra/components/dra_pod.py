@@ -71,6 +71,8 @@ def dra_env(s: StackSettings) -> list[k8s.core.v1.EnvVarArgsDict]:
     }
     if s.sku_overrides:
         env["QAIC_SKU_OVERRIDES"] = s.sku_overrides_json
+    if s.workload_monitor:  # the monitoring view the monitor's claim asks for (monitor.py)
+        env["QAIC_DRA_MONITOR_DEVICE"] = "true"
     out: list[k8s.core.v1.EnvVarArgsDict] = [{"name": k, "value": v} for k, v in env.items()]
     # The node: the pool name and the spec.nodeName of every ResourceSlice it writes.
     out.append({"name": "NODE_NAME", "value_from": {"field_ref": {"field_path": "spec.nodeName"}}})

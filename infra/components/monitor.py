@@ -2,11 +2,20 @@
 sees every SoC of that node without taking one, where an exporter (qaic-util, the runtime's
 telemetry) would run.
 
-Its claim (workloads/dra_claims.py, ``monitor_claim_spec``) asks for all SoCs of the node with
-``adminAccess``: the scheduler neither counts such an allocation as using the devices nor
-refuses devices in use (KEP-5018), so the monitor blocks nobody and is blocked by nobody; the
-driver prepares it for unhealthy SoCs too (the claim tolerates their taint, and adminAccess
-is honoured at prepare). The API server allows ``adminAccess`` only in a namespace labelled
+Its claim (workloads/dra_claims.py, ``monitor_claim_spec``) asks with ``adminAccess`` for
+``allocationMode: All`` of the class ``monitor.qaic.qualcomm.com``: the one device per node
+the driver publishes with QAIC_DRA_MONITOR_DEVICE (set with ``workloadMonitor``), ``all-socs``,
+every SoC of the node in one CDI device. The scheduler neither counts an adminAccess
+allocation as using the device nor refuses a device in use (KEP-5018), so the monitor blocks
+nobody and is blocked by nobody; the device has no taint, and the driver prepares it for
+unhealthy SoCs too (and refuses it to a claim without adminAccess).
+
+Why not All over the SoC devices: the 1.37 allocator checks counters for adminAccess requests
+too (kubernetes/kubernetes#140729, open), and a SoC of a proven Ultra card consumes its card's
+counter (dra/cards.py), so such a claim could not be allocated while any of those SoCs is in
+use: exactly when there is something to watch.
+
+The API server allows ``adminAccess`` only in a namespace labelled
 ``resource.kubernetes.io/admin-access: "true"`` (it refuses the claim, or the template,
 anywhere else), so the monitor gets a namespace of its own with that label: one the samples
 do not share, since the label lets any claim there reach SoCs other pods hold.
@@ -19,14 +28,19 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.dra_objects import ALL_SOCS_CLASS
+from infra.components.dra_classes import driver_selector
 from infra.settings import StackSettings
-from qaic_device_plugin.dra.backend import TAINT_UNHEALTHY
+from qaic_device_plugin.dra.backend import DRIVER_NAME, TYPE_ALL
 from workloads.dra_claims import monitor_claim_spec
 from workloads.samples import MONITOR, WorkloadParams, labels_for, monitor_spec, versioned
 
 #: The namespace label the API server requires for adminAccess (DRAAdminNamespaceLabelKey).
 ADMIN_ACCESS_LABEL = "resource.kubernetes.io/admin-access"
+#: The class of the driver's monitoring view (one device a node: every SoC).
+MONITOR_CLASS = f"monitor.{DRIVER_NAME}"
+#: Guarded: a device without `type` (an older driver's SoC) is not selected, not a CEL error.
+MONITOR_SELECTOR = (f'has(device.attributes["{DRIVER_NAME}"].type) && '
+                    f'device.attributes["{DRIVER_NAME}"].type == "{TYPE_ALL}"')
 
 
 def declare_monitor(
@@ -48,8 +62,15 @@ def declare_monitor(
         }},
         opts=pulumi.ResourceOptions(parent=parent),
     )
-    opts = pulumi.ResourceOptions(parent=parent, depends_on=[ns, *served_by])
-    spec = monitor_claim_spec(ALL_SOCS_CLASS, TAINT_UNHEALTHY)
+    device_class = k8s.resource.v1.DeviceClass(
+        f"{name}-monitor-class",
+        metadata={"name": MONITOR_CLASS},
+        spec={"selectors": [{"cel": {"expression": e}}
+                            for e in (driver_selector(), MONITOR_SELECTOR)]},
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*served_by]),
+    )
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=[ns, device_class, *served_by])
+    spec = monitor_claim_spec(MONITOR_CLASS)
     template_name = versioned(MONITOR, spec)
     template = k8s.resource.v1.ResourceClaimTemplate(
         f"{name}-monitor-claims",
@@ -70,7 +91,7 @@ def declare_monitor(
         spec=daemonset,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[template])),
     )
-    resources += [ns, template, monitor]
-    return [f"ResourceClaimTemplate/{namespace}/{template_name}",
+    resources += [ns, device_class, template, monitor]
+    return [f"DeviceClass/{MONITOR_CLASS}", f"ResourceClaimTemplate/{namespace}/{template_name}",
             f"DaemonSet/{namespace}/{app}"]
 

@@ -1,8 +1,9 @@
 """DRA mode's stack options of issue 20 under Pulumi mocks: `allowedDeviceShares` reaches the
 driver (consumable capacity instead of a refusal), the 4-SoC job's prioritized list keeps
 four different SoCs when they are shared, and the monitoring sample (`workloadMonitor`): an
-admin-access namespace, an All + adminAccess claim that tolerates unhealthy SoCs, a DaemonSet
-using it; every object strictly valid for Kubernetes 1.34 and later."""
+admin-access namespace, the monitoring class and the driver's setting that publishes its
+device, an All + adminAccess claim of it, a DaemonSet using it; every object strictly valid
+for Kubernetes 1.34 and later."""
 
 from __future__ import annotations
 
@@ -49,8 +50,15 @@ def test_the_monitor_sees_every_soc_with_admin_access_in_its_own_namespace() -> 
                           if unversioned(n) == "qaic-monitor"]
     assert template["metadata"]["namespace"] == MONITOR_NS
     assert template["spec"]["spec"]["devices"] == {"requests": [{"name": "socs", "exactly": {
-        "deviceClassName": "qaic.qualcomm.com", "allocationMode": "All", "adminAccess": True,
-        "tolerations": [{"key": "qaic.qualcomm.com/unhealthy", "operator": "Exists"}]}}]}
+        "deviceClassName": "monitor.qaic.qualcomm.com", "allocationMode": "All",
+        "adminAccess": True}}]}
+    # The class selects the driver's monitoring view, which the driver then publishes.
+    selectors = objects(run, "DeviceClass")["monitor.qaic.qualcomm.com"]["spec"]["selectors"]
+    assert selectors[1] == {"cel": {"expression": (
+        'has(device.attributes["qaic.qualcomm.com"].type) && '
+        'device.attributes["qaic.qualcomm.com"].type == "all"')}}
+    assert env_of(run)["QAIC_DRA_MONITOR_DEVICE"] == "true"
+    assert "QAIC_DRA_MONITOR_DEVICE" not in env_of(run_dra())
     ds = objects(run, "DaemonSet")["qaic-monitor"]
     assert ds["metadata"]["namespace"] == MONITOR_NS
     pod = pod_of(ds)

@@ -6,8 +6,8 @@ attributes the scheduler can match on: `cardID` (one card: `matchAttribute: qaic
 cardID`), `sku`, `qid`, and the standard `resource.kubernetes.io/pciBusID` and `/numaNode`.
 An unhealthy SoC stays listed with a NoSchedule taint (kept, so it is visible and comes back
 by itself; device taints are GA in 1.37); a hot-removed SoC is withdrawn. The same health
-goes to kubelet's dra-health stream (`health_reports`), which shows it in the status of the
-pods that hold the SoC, with the reasons as its message.
+goes to kubelet's dra-health stream (`QaicDraDriver.health_reports`), which shows it in the
+status of the pods that hold the SoC, with the reasons as its message.
 
 Sharing (ALLOWED_QAIC_DEVICE_SHARES > 1, consumable capacity, KEP-5075, DRAConsumableCapacity
 beta and on in 1.37): each SoC device allows multiple allocations and has the capacity
@@ -16,6 +16,15 @@ policy: default 1, whole numbers from 1). The scheduler then allocates a SoC to 
 most, each with a `shareID`; each claim gets its own CDI spec naming the same device node and
 QID. No whole cards or parts then (as device-plugin mode turns its card preference off with
 shares): a card device over shared SoCs would promise a card nobody else uses.
+
+The monitoring view (QAIC_DRA_MONITOR_DEVICE): one more device, `all-socs` (type `all`), that
+stands for every SoC of the node and is prepared only for an adminAccess allocation (the API
+server allows those only in namespaces labelled for it): a monitor claims it instead of
+`allocationMode: All` over the SoC devices, because the 1.37 allocator does not exempt
+adminAccess from counters (kubernetes/kubernetes#140729), so an All request over SoCs that
+consume a card's counters cannot be allocated while any of them is in use. It consumes no
+counters, carries no taint (a monitor wants the bad SoCs too) and blocks nobody: admin
+allocations do not count as using a device.
 
 `cardID` is a card only where that is proven (qaic-util's SKU, or QAIC_SKU_OVERRIDES): four
 single-SoC cards behind a server board's PCIe switch look exactly like an Ultra card in sysfs,
@@ -64,6 +73,8 @@ DRIVER_NAME = "qaic.qualcomm.com"  # DNS subdomain, like dra-example-driver's gp
 CDI_KIND = f"{DRIVER_NAME}/claim"
 STANDARD = "resource.kubernetes.io/"
 TAINT_UNHEALTHY = f"{DRIVER_NAME}/unhealthy"
+#: The monitoring view of the whole node, and its `type` attribute.
+MONITOR_DEVICE, TYPE_ALL = "all-socs", "all"
 
 
 def device_name(pci: str) -> str:
@@ -117,22 +128,15 @@ def to_device(state: SocState, shares: int = 1) -> Device:
     return cast(Device, Device.from_dict(raw))
 
 
-def health_reports(pool: str, socs: Sequence[SocState], cards_too: bool = True,
-                   ) -> tuple[DeviceHealthReport, ...]:
-    """Every SoC's health, then every whole-card and part device's (dra/cards.py) when the
-    driver offers them."""
-    ordered = sorted(socs, key=lambda s: s.soc.pci_address)
-    own = tuple(
+def soc_health_reports(pool: str, socs: Sequence[SocState]) -> tuple[DeviceHealthReport, ...]:
+    """Every SoC's health, with the reasons as the message."""
+    return tuple(
         DeviceHealthReport(
             pool, device_name(s.soc.pci_address), s.healthy,
             "; ".join(f"{f.signal.value}: {f.detail}" for f in s.findings),
         )
-        for s in ordered
+        for s in sorted(socs, key=lambda s: s.soc.pci_address)
     )
-    if not cards_too:
-        return own
-    groups = cards.partition([(s, to_device(s)) for s in ordered]).members
-    return own + cards.group_health_reports(pool, groups)
 
 
 def _nodes(members: Sequence[SocState]) -> tuple[str, ...]:
@@ -157,9 +161,11 @@ class QaicDraDriver:
     """Prepares claims against the node's current SoCs (updated by the app on every refresh)."""
 
     def __init__(self, node_name: str, cdi_dir: Path, *, partitions: bool = False,
-                 shares: int = 1) -> None:
+                 shares: int = 1, monitor_device: bool = False) -> None:
         self.node_name = node_name
         self.cdi_dir = cdi_dir
+        #: Publish MONITOR_DEVICE, every SoC for adminAccess claims.
+        self.monitor_device = monitor_device
         #: Claims that may share one SoC (ALLOWED_QAIC_DEVICE_SHARES); 1: a SoC is one claim's.
         self.shares = shares
         #: Offer whole cards and parts too; only with a publisher that writes `counter_sets`
@@ -191,11 +197,22 @@ class QaicDraDriver:
             self._members = {**{n: (s,) for n, s in self._socs.items()}, **parts.members}
             self.counter_sets = parts.counter_sets
             devices = parts.devices
+        if self.monitor_device and self._socs:
+            self._members[MONITOR_DEVICE] = tuple(s for _, s in sorted(self._socs.items()))
+            devices.append(cast(Device, Device.from_dict({"name": MONITOR_DEVICE, "attributes": {
+                "type": {"string": TYPE_ALL}, "socCount": {"int": len(self._socs)}}})))
         now = {n: _nodes(m) for n, m in self._members.items()}
         known = self._known_nodes
         self.moved = frozenset(n for n, v in now.items() if known is None or known.get(n, v) != v)
         self._known_nodes = {**(known or {}), **now}
         return devices
+
+    def health_reports(self) -> tuple[DeviceHealthReport, ...]:
+        """kubelet's dra-health view of every published device: each SoC, then each device
+        of several SoCs (card, part, the monitoring view), healthy while all its SoCs are."""
+        groups = {n: m for n, m in self._members.items() if n not in self._socs}
+        return (soc_health_reports(self.node_name, list(self._socs.values()))
+                + cards.group_health_reports(self.node_name, groups))
 
     def units(self, device: str) -> frozenset[str]:
         """The SoCs a device uses (a card or part: all of its SoCs), by their device names,
@@ -218,6 +235,11 @@ class QaicDraDriver:
             members = self._members.get(d.device)
             if members is None:
                 raise PrepareError(f"device {d.device} is not on this node (any more)")
+            if d.device == MONITOR_DEVICE and not d.admin_access:
+                raise PrepareError(
+                    f"device {MONITOR_DEVICE} (every SoC of the node) is prepared only for "
+                    "claims with adminAccess, in a namespace labelled "
+                    "resource.kubernetes.io/admin-access=true; claim SoCs of another class")
             for state in members:
                 taint = unhealthy_taint(state)
                 if taint is not None and not d.tolerates(taint):

@@ -65,6 +65,10 @@ class DraSettings(BaseSettings):
     slice_resync_seconds: float = _env(  # type: ignore[assignment]
         "QAIC_DRA_SLICE_RESYNC_SECONDS", 60.0, "a number of seconds > 0"
     )
+    monitor_device: bool = _env(  # type: ignore[assignment]
+        "QAIC_DRA_MONITOR_DEVICE", False,
+        "true or false (publish the device all-socs: every SoC, for adminAccess claims)",
+    )
 
     @field_validator("node_name")
     @classmethod
