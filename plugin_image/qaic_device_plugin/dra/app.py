@@ -47,7 +47,7 @@ from ..qaic.fingerprint import RescanGate
 from ..qaic.inventory import Inventory, NodeState, log_health_changes
 from ..qaic.model import Soc
 from ..scan.qaic_util_poll import QaicUtilPolling, paced_scan
-from .backend import DRIVER_NAME, QaicDraDriver, health_reports
+from .backend import DRIVER_NAME, QaicDraDriver
 from .claim_status import device_status
 from .settings import DraSettings
 
@@ -73,7 +73,8 @@ class DraApp:
             ue_cooldown_seconds=settings.ue_cooldown_seconds,
         )
         self.driver = QaicDraDriver(dra.node_name, settings.cdi_dir,
-                                    shares=settings.allowed_shares)
+                                    shares=settings.allowed_shares,
+                                    monitor_device=dra.monitor_device)
         self.publisher = SlicePublisher(client, DRIVER_NAME, dra.node_name)
         checkpoint = Checkpoint(dra.plugins_dir / DRIVER_NAME / "checkpoint.json")
         checkpoint.load()
@@ -115,8 +116,7 @@ class DraApp:
             self._respec.set()
         for claim in self.node.prepared.values():
             self._report(claim)
-        await self.health.publish(health_reports(self.dra.node_name, state.socs,
-                                                 cards_too=self.driver.partitions))
+        await self.health.publish(self.driver.health_reports())
 
     def _report(self, claim: PreparedClaim) -> None:
         """The claim's status entries from its devices' SoCs as they are now (written only
