@@ -8,6 +8,7 @@ One cluster and one stack for the module; the tests run in file order.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cluster.cluster import NODE_NAME, Cluster
 from cluster.inspect import container_view, pods
 from cluster.stack import Stack, cluster_for_tests
 from cluster.tools import missing_prerequisites
+from cluster.watch import Watch
 from qaic_device_plugin.dra.backend import device_name
 from qaic_device_plugin.sim.node import FakeSoc
 from workloads.samples import QAIC_GROUP_ID, WORKLOAD_UID, show_command
@@ -306,13 +308,46 @@ def test_deleting_the_pod_unprepares_its_claim(cluster: Cluster, stack: Stack) -
     cluster.kubectl("delete", "resourceclaim", "-n", NS, "two-skus", "--wait=true")
 
 
+def our_slices(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {s["metadata"]["name"]: s for s in cluster.get("resourceslices")["items"]
+            if s["spec"]["driver"] == DRIVER and s["spec"].get("nodeName") == NODE_NAME}
+
+
+def device_names(slices: dict[str, dict[str, Any]]) -> set[str]:
+    """Every device of the slices (counter-set slices have none)."""
+    return {d["name"] for s in slices.values() for d in s["spec"].get("devices", [])}
+
+
 def test_kubelet_restart_reregisters_the_driver(cluster: Cluster, stack: Stack) -> None:
+    """Operator situation: kubelet restarts. The driver registers again, running pods are
+    untouched, and the ResourceSlices the new kubelet deletes at start (all of its node's, in
+    the background, maybe after the registration) are back within a second of that wipe."""
     before = driver_log(cluster).count("dra_registered")
     pod = next(p for p in pods(cluster, NS) if p["status"].get("phase") == "Running")
     container = pod["status"]["containerStatuses"][0]["containerID"]
-    cluster.restart_kubelet()
-    cluster.wait_for("the driver to register again",
-                     lambda: driver_log(cluster).count("dra_registered") > before, timeout=120)
+    old = {n: s["metadata"]["uid"] for n, s in our_slices(cluster).items()}
+    devices = device_names(our_slices(cluster))
+    with Watch(cluster, "resourceslices") as watch:
+        for name in old:  # the watch is open (its initial list) before kubelet goes
+            watch.first(f"{name} listed", lambda e, n=name: e.name == n, timeout=30)
+        restarted = time.monotonic()
+        cluster.restart_kubelet()
+        cluster.wait_for("the driver to register again",
+                         lambda: driver_log(cluster).count("dra_registered") > before,
+                         timeout=120)
+        wiped = [watch.first(f"kubelet's wipe of {n}", lambda e, uid=uid: e.type == "DELETED"
+                             and e.obj["metadata"]["uid"] == uid) for n, uid in old.items()]
+        deleted = max(e.at for e in wiped)
+        back = max(watch.first(f"{n} re-created", lambda e, n=n: e.type == "ADDED"
+                               and e.name == n and e.obj["metadata"]["uid"] != old[n],
+                               after=deleted, timeout=60).at for n in old)
+    print(f"kubelet restart -> slices back: {back - restarted:.3f} s; "
+          f"kubelet's wipe -> slices back: {(back - deleted) * 1000:.0f} ms")
+    assert back - deleted < 1.0
+    assert device_names(our_slices(cluster)) == devices
+    cluster.wait_for("the driver pod Ready", lambda: any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in driver_pod(cluster)["status"].get("conditions", [])))
     again = cluster.get("pod", "-n", NS, pod["metadata"]["name"])
     assert again["status"]["containerStatuses"][0]["containerID"] == container
 
