@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -78,10 +79,12 @@ class Cluster(ControlPlane):
         for entry in (self.node.fake.dev_root / "accel").iterdir():
             self.node.mirror(int(entry.name.removeprefix("accel")))
         containerd, kubelet = self.procs["containerd"], self.procs["kubelet"]
-        containerd.start()
         sock = configs.socket(self.work)
-        self.wait_for("containerd socket", lambda: sock.exists() and containerd.running(), 60)
+        sock.unlink(missing_ok=True)  # the killed containerd's: kubelet exits on a dead one
+        containerd.start()
+        self.wait_for("containerd serving", lambda: containerd.running() and accepts(sock), 60)
         kubelet.start()
+        self.wait_for("node Ready", self.node_ready, timeout=120, every=0.5)
 
     # ----- starting it ------------------------------------------------------------------
 
@@ -125,6 +128,16 @@ class Cluster(ControlPlane):
         if "containerd" in self.procs:
             self.procs["containerd"].stop()
         self._stop_control_plane()
+
+
+def accepts(sock: Path) -> bool:
+    """Whether a process listens on unix socket `sock` (a file alone may be a dead one's)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 def claim_kubelet_dir(undo: Undo) -> None:
