@@ -199,3 +199,17 @@ async def test_the_monitoring_view_is_every_soc_for_admin_access_only(
         "prepare ns/everything: device all-socs (every SoC of the node) is prepared only for "
         "claims with adminAccess, in a namespace labelled "
         "resource.kubernetes.io/admin-access=true; claim SoCs of another class")
+
+
+def test_a_bad_monitor_device_setting_is_one_line_exit_2() -> None:
+    import subprocess
+
+    from qaic_device_plugin.sim.process import plugin_command
+
+    out = subprocess.run(plugin_command(), env={
+        "QAIC_ALLOCATION_API": "dra", "NODE_NAME": NODE, "QAIC_DRA_MONITOR_DEVICE": "maybe",
+        "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "qaic-device-plugin: invalid setting QAIC_DRA_MONITOR_DEVICE='maybe': accepted: true or "
+        "false (publish the device all-socs: every SoC, for adminAccess claims)"]
