@@ -93,7 +93,7 @@ def test_api_server_accepts_every_rendered_object_and_the_policy_keeps_slices_on
         applied = kubectl(api, "apply", "--server-side", "--field-manager=e2e", *args)
         assert applied.returncode == 0, applied.stderr
     classes = kubectl(api, "get", "deviceclasses.resource.k8s.io", "-o", "name")
-    assert len(classes.stdout.split()) == 10, classes.stdout
+    assert len(classes.stdout.split()) == 13, classes.stdout  # SoCs, 9 SKUs, 3 card classes
     [got] = json.loads(kubectl(api, "get", "resourceclaimtemplate", "-n", "qaic-workloads", "-l",
                                "app.kubernetes.io/name=qaic-ultra-4soc", "-o", "json").stdout)[
         "items"]  # named by its spec's hash, found by its app label
