@@ -40,6 +40,7 @@ class ControlPlane:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     _ours: list[str] = field(default_factory=list)  # what stop() stops (not etcd/apiserver)
+    ports: dict[str, int] = field(default_factory=dict)  # secure ports (pprof, healthz)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -125,10 +126,14 @@ def start(work: Path, *, client_qps: float | None = None,
             "--profiling=false", *qps,
         ])
         cfg = _scheduler_config(work / "scheduler.yaml", api.kubeconfig, client_qps)
+        # profiling on (its default), and authenticated through the API server, so the bench's
+        # admin token may read /debug/pprof (bench/scale/profiles.py)
         cp.spawn("kube-scheduler", [
             str(bins.kube_scheduler), f"--config={cfg}", "--bind-address=127.0.0.1",
-            f"--secure-port={sched_port}", "--profiling=false",
+            f"--secure-port={sched_port}", f"--authentication-kubeconfig={api.kubeconfig}",
+            f"--authorization-kubeconfig={api.kubeconfig}",
         ])
+        cp.ports = {"kube-scheduler": sched_port, "kube-controller-manager": kcm_port}
         deadline = time.monotonic() + timeout
         for port in (kcm_port, sched_port):
             while not _healthy(port):

@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
     p.add_argument("--no-build", action="store_true", help="never build kwok (e2e/tools.sh)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--profile", action="store_true",
+                   help="CPU profiles of kube-scheduler and kube-apiserver during the first "
+                        "fill (go tool pprof -top in the JSON; raw profiles beside it)")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="only print the table and profile of an earlier run's JSON, redraw its SVG")
     args = p.parse_args(argv)
@@ -135,15 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         earlier = json.loads(args.report.read_text())
         print(report.table(earlier))
         print(report.profile(earlier))
+        print(report.profile_tops(earlier))
         print(f"wrote {plot.draw(earlier, args.report.with_suffix('.svg'))}")
         return 0
     plan = QUICK if args.quick else FULL
+    qps = tuple(None if q == "default" else float(q) for q in args.client_qps or ())
     changes = {k: v for k, v in (("nodes", tuple(args.nodes or ())),
                                  ("loads", tuple(args.loads or ())),
                                  ("churn_seconds", args.churn_seconds),
-                                 ("client_qps", tuple(
-                                     None if q == "default" else float(q)
-                                     for q in args.client_qps or ()))) if v}
+                                 ("client_qps", qps),
+                                 ("profile_dir", args.json.parent if args.profile else None))
+               if v}
     plan = measure.Plan(**{**plan.__dict__, **changes})
     work = Path(tempfile.mkdtemp(prefix="qaic-scale-"))
     started = time.monotonic()
@@ -158,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(report.table(result))
     print(report.profile(result))
+    print(report.profile_tops(result))
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.json}")
     drawn = plot.draw(result, args.json.with_suffix(".svg"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common.errors import BenchError
 
-from . import control_plane, kwok, manifests, procstat, summary
+from . import control_plane, kwok, manifests, procstat, profiles, summary
 from .kube import Kube, requests_by_kind
 from .load import Load
 from .publishers import NodeLayout, Publishers, slice_requests
@@ -41,6 +41,8 @@ class Plan:
     #: the scheduler's and controller manager's client QPS, one run each; None: their defaults
     client_qps: tuple[float | None, ...]
     seed: int
+    #: where CPU profiles of the scheduler and API server during the first fill go (None: none)
+    profile_dir: Path | None = None
 
 
 async def _nodes(kube: Kube, names: list[str], socs: int, dra: bool, timeout: float) -> float:
@@ -150,10 +152,19 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
             result["phases"][label] = summary.phase(
                 tracker.pods.values(), label, time.monotonic(), dra=dra)
 
+        profiling: asyncio.Task[dict[str, list[str]]] | None = None
+        if plan.profile_dir is not None:
+            prefix = plan.profile_dir / f"{n}-{qps or 'default'}-{result['mode']}"
+            profiling = asyncio.create_task(profiles.capture(
+                {"kube-scheduler": f"https://127.0.0.1:{cp.ports['kube-scheduler']}",
+                 "kube-apiserver": cp.api.url}, cp.api.token, prefix))
         for load_share in plan.loads:
             target = round(load_share * total)
             await step(f"fill-{load_share}", load.fill(target, f"fill-{load_share}",
                                                        plan.fill_timeout))
+            if profiling is not None:
+                result["profiles"] = await profiling
+                profiling = None
             await step(f"churn-{load_share}", load.churn(
                 target, f"churn-{load_share}", plan.churn_rate, plan.churn_seconds))
         if pubs is not None:

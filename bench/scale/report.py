@@ -161,3 +161,14 @@ def profile(result: Json, top: int = 10) -> str:
         lines.append(f"  {r['nodes']} nodes, {qps_label(r.get('client_qps'))}, {r['mode']}: "
                      f"{total:.1f} in all; " + ", ".join(f"{k} {v:g}" for k, v in items))
     return "\n".join(lines)
+
+
+def profile_tops(result: Json, lines: int = 12) -> str:
+    """The heaviest functions of each CPU profile taken (`--profile`)."""
+    out = []
+    for r in result["runs"]:
+        for proc, top in (r.get("profiles") or {}).items():
+            body = top[:lines + 1]
+            out.append(f"{proc}, {r['nodes']} nodes, {qps_label(r.get('client_qps'))}, "
+                       f"{r['mode']}, first fill:\n  " + "\n  ".join(body))
+    return "\n".join(out)
