@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,11 @@ class Cluster(ControlPlane):
         sock = configs.socket(self.work)
         sock.unlink(missing_ok=True)  # the killed containerd's: kubelet exits on a dead one
         containerd.start()
-        self.wait_for("containerd serving", lambda: containerd.running() and accepts(sock), 60)
+        deadline = time.monotonic() + 60  # not wait_for: kubelet is down on purpose meanwhile
+        while not accepts(sock):
+            if not containerd.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not come back:\n{containerd.tail()}")
+            time.sleep(0.1)
         kubelet.start()
         self.wait_for("node Ready", self.node_ready, timeout=120, every=0.5)
 
