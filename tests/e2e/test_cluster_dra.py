@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dra_roll import PodWatch, kubelet_connections, longest_unusable
 
 from cluster.cluster import NODE_NAME, Cluster
 from cluster.inspect import container_view, pods
@@ -603,9 +605,89 @@ def test_kubelet_restart_reregisters_the_driver(cluster: Cluster, stack: Stack) 
     assert again["status"]["containerStatuses"][0]["containerID"] == container
 
 
+DRIVER_DIR = Path("/var/lib/kubelet/plugins") / DRIVER
+WIPING_DELAY = 30  # kubelet's pkg/kubelet/cm/dra defaultWipingDelay, seconds
+
+
+def slice_uids(cluster: Cluster) -> dict[str, str]:
+    """Name -> UID of every ResourceSlice of the driver (a wiped and re-made one: a new UID)."""
+    return {s["metadata"]["name"]: s["metadata"]["uid"]
+            for s in cluster.get("resourceslices")["items"] if s["spec"]["driver"] == DRIVER}
+
+
+def test_a_rolling_update_keeps_the_driver_registered_and_claims_valid(
+    cluster: Cluster, stack: Stack,
+) -> None:
+    """Issue 19, operator situation: a changed setting rolls the driver's DaemonSet (`pulumi
+    up`; maxSurge 1, maxUnavailable 0). The new pod runs beside the old one with its own
+    sockets (named by its pod UID) and is Ready before the old one is deleted; kubelet always
+    has a connected endpoint of the driver, so it never queues the slices for wiping (the
+    slice objects are the same ones); a claim prepared by the old pod stays prepared and is
+    unprepared by the new one; a new claim prepares after the roll."""
+    cluster.wait_for("the driver pod Ready", lambda: any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in driver_pod(cluster)["status"].get("conditions", [])))
+    create_claim_then_pod(cluster, claim("before-roll", [("socs", f"pro.{DRIVER}", 1)]),
+                          claim_pod("before-roll", "before-roll"))
+    await_running(cluster, "before-roll")
+    before_uid = claim_uid(cluster, "before-roll")
+    container = cluster.get("pod", "-n", NS, "before-roll")["status"]["containerStatuses"][0][
+        "containerID"]
+    slices = slice_uids(cluster)
+    old = driver_pod(cluster)["metadata"]["uid"]
+    watch = PodWatch([str(cluster.bins.kubectl), f"--kubeconfig={cluster.kubeconfig}"],
+                     DRIVER_NS, DRIVER_SELECTOR)
+    start = datetime.now()
+    try:
+        stack.up(healthPollSeconds=29)  # any change of the pod template rolls it
+        cluster.wait_for("the old driver pod gone", lambda: all(
+            p["metadata"]["uid"] != old for p in pods(cluster, DRIVER_NS, DRIVER_SELECTOR)))
+        cluster.wait_for("the new driver pod Ready", lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in driver_pod(cluster)["status"].get("conditions", [])))
+    finally:
+        watch.stop()
+    end = datetime.now()
+    new = driver_pod(cluster)["metadata"]["uid"]
+    assert watch.overlap() == (old, new), [(k, p["metadata"]["uid"]) for k, p in watch.events]
+    changes = kubelet_connections(cluster.procs["kubelet"].log, DRIVER)
+    assert str(DRIVER_DIR / f"dra-{new}.sock") in {c.endpoint for c in changes if c.at >= start}
+    gap = longest_unusable(changes, start, end)
+    print(f"rolling update: {(end - start).total_seconds():.1f} s, longest stretch without a "
+          f"connected driver endpoint in kubelet: {gap:.3f} s")
+    assert gap == 0.0, changes[-10:]
+    assert slice_uids(cluster) == slices
+
+    pod = cluster.get("pod", "-n", NS, "before-roll")
+    assert pod["status"]["containerStatuses"][0]["containerID"] == container
+    assert cdi_spec(before_uid).exists() and before_uid in CHECKPOINT.read_text()
+    create_claim_then_pod(cluster, claim("after-roll", [("socs", f"std.{DRIVER}", 1)]),
+                          claim_pod("after-roll", "after-roll"))
+    await_running(cluster, "after-roll")
+    check_view(cluster, cluster.get("pod", "-n", NS, "after-roll"))
+    cluster.kubectl("delete", "pod", "-n", NS, "before-roll", "--wait=true")
+    cluster.wait_for("the new driver to unprepare the old pod's claim",
+                     lambda: not cdi_spec(before_uid).exists()
+                     and before_uid not in CHECKPOINT.read_text())
+    cluster.kubectl("delete", "pod", "-n", NS, "after-roll", "--wait=true")
+    cluster.kubectl("delete", "resourceclaim", "-n", NS, "after-roll", "before-roll",
+                    "--wait=true")
+
+
 def test_destroy_leaves_no_claims_slices_or_specs(cluster: Cluster, stack: Stack) -> None:
+    """`pulumi destroy` with the node staying: no claim, DeviceClass or CDI spec at once, and
+    the driver's ResourceSlices go too. The driver does not withdraw them when it stops (a
+    restart or an update must not pull the node's devices); kubelet deletes a driver's slices
+    30 s after its last endpoint went (DRAPluginManager's wipingDelay), and meanwhile no
+    DeviceClass of ours is left to allocate them through."""
+    assert slice_uids(cluster)
     proc = stack.run("destroy", "--yes")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    destroyed = datetime.now()
     assert cluster.get("resourceclaims", "-A")["items"] == []
     assert cluster.get("deviceclasses")["items"] == []
     assert not list(CDI_DIR.glob(f"{DRIVER}-claim_*.json"))
+    cluster.wait_for("kubelet to delete the driver's ResourceSlices",
+                     lambda: not slice_uids(cluster), timeout=WIPING_DELAY + 30)
+    print(f"ResourceSlices gone {(datetime.now() - destroyed).total_seconds():.1f} s after "
+          f"destroy returned")
