@@ -196,7 +196,7 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def run_case(case: Case, base: Path, gate: asyncio.Semaphore, limit: float = 10.0) -> Outcome:
+async def run_case(case: Case, base: Path, gate: asyncio.Semaphore, limit: float = 30.0) -> Outcome:
     """The console script with only `case`'s input, next to a listening kubelet."""
     work = Path(tempfile.mkdtemp(prefix="c", dir=base))
     plugin_dir = work / "device-plugins"
