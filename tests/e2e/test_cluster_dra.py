@@ -180,7 +180,8 @@ def test_driver_publishes_every_soc_in_its_node_slice(cluster: Cluster, stack: S
         return [s for s in cluster.get("resourceslices")["items"]
                 if s["spec"]["driver"] == DRIVER and s["spec"].get("nodeName") == NODE_NAME]
     cluster.wait_for("the driver's ResourceSlice", lambda: bool(slices()), timeout=120)
-    devices = {d["name"]: d for s in slices() for d in s["spec"]["devices"]}
+    devices = {d["name"]: d for s in slices() for d in s["spec"].get("devices", [])
+               if d["attributes"].get("type", {"string": "soc"}) == {"string": "soc"}}
     socs = cluster.node.fake.socs
     assert set(devices) == {device_name(s.pci_address) for s in socs}
     for soc in socs:
@@ -594,15 +595,95 @@ def test_a_monitor_sees_every_soc_without_taking_one(cluster: Cluster, stack: St
         ADDED.clear()
 
 
+def our_slices(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {s["metadata"]["name"]: s for s in cluster.get("resourceslices")["items"]
+            if s["spec"]["driver"] == DRIVER and s["spec"].get("nodeName") == NODE_NAME}
+
+
+def device_names(slices: dict[str, dict[str, Any]]) -> set[str]:
+    """Every device of the slices (counter-set slices have none)."""
+    return {d["name"] for s in slices.values() for d in s["spec"].get("devices", [])}
+
+
 def test_kubelet_restart_reregisters_the_driver(cluster: Cluster, stack: Stack) -> None:
+    """Operator situation: kubelet restarts. The driver registers again, running pods are
+    untouched, and the ResourceSlices the new kubelet deletes at start (all of its node's, in
+    the background, maybe after the registration) are back within a second of that wipe."""
     before = driver_log(cluster).count("dra_registered")
     pod = next(p for p in pods(cluster, NS) if p["status"].get("phase") == "Running")
     container = pod["status"]["containerStatuses"][0]["containerID"]
-    cluster.restart_kubelet()
-    cluster.wait_for("the driver to register again",
-                     lambda: driver_log(cluster).count("dra_registered") > before, timeout=120)
+    old = {n: s["metadata"]["uid"] for n, s in our_slices(cluster).items()}
+    devices = device_names(our_slices(cluster))
+    with Watch(cluster, "resourceslices") as watch:
+        for name in old:  # the watch is open (its initial list) before kubelet goes
+            watch.first(f"{name} listed", lambda e, n=name: e.name == n, timeout=30)
+        restarted = time.monotonic()
+        cluster.restart_kubelet()
+        cluster.wait_for("the driver to register again",
+                         lambda: driver_log(cluster).count("dra_registered") > before,
+                         timeout=120)
+        wiped = [watch.first(f"kubelet's wipe of {n}", lambda e, uid=uid: e.type == "DELETED"
+                             and e.obj["metadata"]["uid"] == uid) for n, uid in old.items()]
+        deleted = max(e.at for e in wiped)
+        back = max(watch.first(f"{n} re-created", lambda e, n=n: e.type == "ADDED"
+                               and e.name == n and e.obj["metadata"]["uid"] != old[n],
+                               after=deleted, timeout=60).at for n in old)
+    print(f"kubelet restart -> slices back: {back - restarted:.3f} s; "
+          f"kubelet's wipe -> slices back: {(back - deleted) * 1000:.0f} ms")
+    assert back - deleted < 1.0
+    assert device_names(our_slices(cluster)) == devices
+    cluster.wait_for("the driver pod Ready", lambda: any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in driver_pod(cluster)["status"].get("conditions", [])))
     again = cluster.get("pod", "-n", NS, pod["metadata"]["name"])
     assert again["status"]["containerStatuses"][0]["containerID"] == container
+
+
+def test_node_reboot_brings_claimed_pods_back_on_their_socs(cluster: Cluster, stack: Stack) -> None:
+    """Operator situation: a node with running DRA jobs reboots (kernel update, power cut).
+    Everything of the node dies at once; /var/run/cdi is a tmpfs and comes back empty; the
+    kernel probes the SoCs again and hands out other accel numbers; kubelet, which keeps
+    "prepared" in memory only, prepares every claim in use again. Each pod must run again on
+    exactly the SoCs (PCI addresses) its claim holds, through the device nodes they have now,
+    and the node must take a new claim. Before, the driver answered from its checkpoint with
+    CDI devices whose specs were gone, and containerd refused those containers for good."""
+    def restartable() -> dict[str, dict[str, Any]]:
+        return {p["metadata"]["name"]: p for p in pods(cluster, NS)
+                if p["status"].get("phase") == "Running" and p["spec"].get("resourceClaims")
+                and p["spec"].get("restartPolicy", "Always") == "Always"}
+    before = restartable()
+    assert before, "no running claim-holding pod that restarts in place (a Deployment's)"
+    held = {n: sorted(s.pci_address for s in socs_of_claim(cluster, claim_of(p)))
+            for n, p in before.items()}
+    containers = {n: p["status"]["containerStatuses"][0]["containerID"]
+                  for n, p in before.items()}
+    accel_before = {s.pci_address: s.accel_index for s in cluster.node.fake.socs}
+    rebooted = time.monotonic()
+    cluster.reboot_node(probe_order=sorted(accel_before, reverse=True))
+    moved = {s.pci_address for s in cluster.node.fake.socs
+             if s.accel_index != accel_before[s.pci_address]}
+    assert moved & {pci for socs in held.values() for pci in socs}, "no held SoC moved"
+
+    def back() -> bool:
+        for name in before:
+            statuses = cluster.get("pod", "-n", NS, name)["status"].get("containerStatuses")
+            if not statuses or not statuses[0].get("ready") or (
+                    statuses[0].get("containerID") == containers[name]):
+                return False
+        return True
+    cluster.wait_for("every claimed pod running again in a new container", back, timeout=300)
+    pods_back = time.monotonic() - rebooted
+    for name in before:
+        socs = check_view(cluster, cluster.get("pod", "-n", NS, name))
+        assert sorted(s.pci_address for s in socs) == held[name], name
+    create_claim_then_pod(cluster, claim("after-reboot", [("socs", DRIVER, 1)]),
+                          claim_pod("after-reboot", "after-reboot"))
+    await_running(cluster, "after-reboot")
+    new_claim = time.monotonic() - rebooted
+    check_view(cluster, cluster.get("pod", "-n", NS, "after-reboot"))
+    print(f"node reboot -> claimed pods running again: {pods_back:.1f} s; "
+          f"-> a new claim's pod running: {new_claim:.1f} s")
+    cluster.kubectl("delete", "pod,resourceclaim", "-n", NS, "after-reboot", "--wait=true")
 
 
 DRIVER_DIR = Path("/var/lib/kubelet/plugins") / DRIVER
