@@ -72,7 +72,9 @@ class DraApp:
             settings.sku_overrides,
             ue_cooldown_seconds=settings.ue_cooldown_seconds,
         )
-        self.driver = QaicDraDriver(dra.node_name, settings.cdi_dir,
+        # Whole Ultra cards and their parts too (dra/cards.py): the publisher writes the
+        # counter sets that keep them apart from their SoCs.
+        self.driver = QaicDraDriver(dra.node_name, settings.cdi_dir, partitions=True,
                                     shares=settings.allowed_shares,
                                     monitor_device=dra.monitor_device)
         self.publisher = SlicePublisher(client, DRIVER_NAME, dra.node_name)
@@ -174,7 +176,7 @@ class DraApp:
             await wait_event(self._publish, self.dra.slice_resync_seconds)
             self._publish.clear()
             try:
-                done = await self.publisher.sync(self._devices)
+                done = await self.publisher.sync(self._devices, self.driver.counter_sets)
             except (ApiError, httpx2.HTTPError) as e:
                 status = "unreachable"
                 if isinstance(e, ApiError):
