@@ -197,7 +197,7 @@ run_arch() {
   want=$("$hostpy" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["socs"]))' "$work/node-$arch.json")
   mkdir -p "$sim/plugins"
   "$hostpy" -m qaic_device_plugin.sim.kubelet --plugin-dir "$sim/plugins" \
-    --expect "qualcomm.com/qaic=$want" --timeout 120 >"$work/kubelet-$arch.json" 2>"$work/kubelet-$arch.err" &
+    --expect "qualcomm.com/qaic=$want" --timeout 300 >"$work/kubelet-$arch.json" 2>"$work/kubelet-$arch.err" &
   kubelet_pid=$!
   for _ in $(seq 100); do [ -S "$sim/plugins/kubelet.sock" ] && break; sleep 0.2; done
   [ -S "$sim/plugins/kubelet.sock" ] || die "[$arch] kubelet simulator did not create kubelet.sock"
