@@ -314,6 +314,262 @@ def test_deleting_the_pod_unprepares_its_claim(cluster: Cluster, stack: Stack) -
     cluster.kubectl("delete", "resourceclaim", "-n", NS, "two-skus", "--wait=true")
 
 
+# ----- whole cards and pods written for device-plugin mode (issues 20.1, 20.3, 23) ---------
+# Cards and parts of cards as devices with shared counters (dra/cards.py), the DeviceClasses'
+# extended resources (infra/components/dra_classes.py) and the one-card rule
+# (infra/components/one_card.py), on the node of 2 Ultra cards whose samples hold 2 SoCs of
+# one. Helpers of the issue-20 block above are used. The SKU switch stays until destroy.
+
+ULTRA_RES = "qualcomm.com/qaic-ultra"
+
+
+def socs_of_devices(cluster: Cluster, names: list[str]) -> list[FakeSoc]:
+    return [s for n in names for s in socs_of_device(cluster, n)]
+
+
+def allocated(cluster: Cluster, claim_name: str) -> list[str]:
+    return [r["device"] for r in results_of(cluster, claim_name)]
+
+
+def ultra_cards(cluster: Cluster) -> dict[str, list[FakeSoc]]:
+    out: dict[str, list[FakeSoc]] = {}
+    for s in cluster.node.fake.socs:
+        if s.sku.value == "ultra":
+            out.setdefault(s.card_id, []).append(s)
+    return out
+
+
+def free_by_card(cluster: Cluster) -> dict[str, int]:
+    held = held_socs(cluster)
+    return {c: sum(s.pci_address not in held for s in socs)
+            for c, socs in ultra_cards(cluster).items()}
+
+
+def resource_pod(name: str, limits: dict[str, str]) -> dict[str, Any]:
+    """A pod as written for device-plugin mode: extended resources in `limits`, no claims
+    (restricted Pod Security level, like the samples)."""
+    pod = claim_pod(name, "unused")
+    del pod["spec"]["resourceClaims"]
+    pod["spec"]["containers"][0]["resources"] = {"limits": limits}
+    return pod
+
+
+def extended_view(cluster: Cluster, name: str) -> list[FakeSoc]:
+    """The pod's container sees exactly the SoCs of its extended-resource claim (the one the
+    scheduler made, pod.status.extendedResourceClaimStatus): /dev/accel and QIDs."""
+    pod = cluster.get("pod", "-n", NS, name)
+    claim_name = pod["status"]["extendedResourceClaimStatus"]["resourceClaimName"]
+    socs = socs_of_devices(cluster, allocated(cluster, claim_name))
+    view = container_view(cluster, NS, name)
+    assert view.accels == {s.accel_index for s in socs}, (view, socs)
+    assert view.visible == ",".join(str(q) for q in sorted(s.qid for s in socs)), (view, socs)
+    return socs
+
+
+def scheduling_failures(cluster: Cluster, name: str) -> str:
+    events = cluster.get("events", "-n", NS, "--field-selector",
+                         f"involvedObject.name={name},reason=FailedScheduling")
+    return " ".join(e["message"] for e in events["items"])
+
+
+def card_claim(name: str, card: str | None = None, cls: str = f"ultra-card.{DRIVER}",
+               ) -> dict[str, Any]:
+    obj = claim(name, [("socs", cls, 1)])
+    if card is not None:  # pin it to one card
+        obj["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": {
+            "expression": f'device.attributes["{DRIVER}"].cardID == "{card}"'}}]
+    return obj
+
+
+def delete(cluster: Cluster, *names: str) -> None:
+    cluster.kubectl("delete", "pod,resourceclaim", "-n", NS, *names, "--ignore-not-found",
+                    "--wait=true", timeout=120)
+
+
+def test_each_ultra_card_is_published_whole_with_counters(cluster: Cluster, stack: Stack) -> None:
+    """Issue 20.3: each proven Ultra card (the fake node's qaic-util names the SKU) is one
+    device `card-<card>` plus its ten 2- and 3-SoC parts, all consuming per-SoC counters of
+    the card's counter set, which lives in a slice of its own; Standard and Pro are SoCs only."""
+    slices = [s for s in cluster.get("resourceslices")["items"]
+              if s["spec"]["driver"] == DRIVER and s["spec"].get("nodeName") == NODE_NAME]
+    counter_slices = [s for s in slices if s["spec"].get("sharedCounters")]
+    assert counter_slices and all(not s["spec"].get("devices") for s in counter_slices)
+    assert all(len(s["spec"].get("devices") or ()) <= 64 for s in slices)
+    sets = {c["name"]: set(c["counters"]) for s in counter_slices
+            for c in s["spec"]["sharedCounters"]}
+    devices = slice_devices(cluster)
+    cards = ultra_cards(cluster)
+    assert len(cards) == 2 and len(sets) == 2
+    for card_id, socs in cards.items():
+        whole = devices[card_device_name(card_id)]
+        assert whole["attributes"]["type"] == {"string": "card"}
+        assert whole["attributes"]["socs"]["string"].split(",") == sorted(
+            s.pci_address for s in socs)
+        [use] = whole["consumesCounters"]
+        assert set(use["counters"]) == sets[use["counterSet"]] == {
+            device_name(s.pci_address) for s in socs}
+        parts = [d for d in devices.values() if d["attributes"].get("cardID") == {
+            "string": card_id} and d["attributes"]["type"] == {"string": "part"}]
+        assert len(parts) == 6 + 4
+    others = [s for s in cluster.node.fake.socs if s.sku.value != "ultra"]
+    for s in others:
+        assert not devices[device_name(s.pci_address)].get("consumesCounters")
+
+
+def test_a_card_claim_gets_the_four_socs_of_one_card(cluster: Cluster, stack: Stack) -> None:
+    """Issue 20.3: `count: 1` of class ultra-card.qaic.qualcomm.com is one card: the claim's
+    CDI spec gives the container all four /dev/accel nodes and their four QIDs."""
+    free = [c for c, n in free_by_card(cluster).items() if n == 4]
+    assert free, free_by_card(cluster)
+    create_claim_then_pod(cluster, card_claim("a-card"), claim_pod("a-card", "a-card"))
+    try:
+        await_running(cluster, "a-card")
+        [device] = allocated(cluster, "a-card")
+        socs = socs_of_devices(cluster, [device])
+        assert len(socs) == 4 and len({s.card_id for s in socs}) == 1
+        assert device == card_device_name(socs[0].card_id)
+        view = container_view(cluster, NS, "a-card")
+        assert view.accels == {s.accel_index for s in socs}
+        assert view.visible == ",".join(str(q) for q in sorted(s.qid for s in socs))
+    finally:
+        delete(cluster, "a-card")
+
+
+def test_a_soc_in_use_makes_its_card_unavailable_and_back(cluster: Cluster, stack: Stack) -> None:
+    """Issue 20.3: with one SoC of the only free card claimed, a card claim stays Pending (the
+    other card is partly used by the samples); once that SoC is released it gets the card."""
+    free = [c for c, n in free_by_card(cluster).items() if n == 4]
+    assert len(free) == 1, free_by_card(cluster)  # the samples hold part of the other card
+    [card] = free
+    one = card_claim("one-soc", card, cls=f"ultra.{DRIVER}")
+    create_claim_then_pod(cluster, one, claim_pod("one-soc", "one-soc"))
+    try:
+        await_running(cluster, "one-soc")
+        create_claim_then_pod(cluster, card_claim("card-later"),
+                              claim_pod("card-later", "card-later"))
+        cluster.wait_for("the card claim's FailedScheduling",
+                         lambda: "cannot allocate all claims" in scheduling_failures(
+                             cluster, "card-later"))
+        assert not running(cluster, "card-later")
+        delete(cluster, "one-soc")
+        await_running(cluster, "card-later")
+        assert allocated(cluster, "card-later") == [card_device_name(card)]
+    finally:
+        delete(cluster, "one-soc", "card-later")
+
+
+def test_an_unchanged_pod_spec_runs_on_dra_nodes(cluster: Cluster, stack: Stack) -> None:
+    """Issue 20.1, SKU mode off (the e2e stack): `limits: {qualcomm.com/qaic: 2}` as a
+    device-plugin-mode pod writes it; the scheduler claims 2 SoCs of class qaic.qualcomm.com
+    for it and the container sees exactly those."""
+    apply(cluster, resource_pod("plain-two", {"qualcomm.com/qaic": "2"}))
+    try:
+        await_running(cluster, "plain-two")
+        assert len(extended_view(cluster, "plain-two")) == 2
+    finally:
+        delete(cluster, "plain-two")
+
+
+def test_sku_mode_makes_the_classes_serve_sku_resource_names(
+    cluster: Cluster, stack: Stack,
+) -> None:
+    """One `pulumi up` with skuBasedResources: the SKU classes stand for qualcomm.com/qaic-<sku>
+    and the one-card rule is in force (its policies created)."""
+    stack.up(skuBasedResources="true")
+    classes = {c["metadata"]["name"]: c["spec"].get("extendedResourceName")
+               for c in cluster.get("deviceclasses")["items"]}
+    assert classes[f"ultra.{DRIVER}"] == ULTRA_RES and classes[DRIVER] is None
+    assert classes[f"ultra-card.{DRIVER}"] == "qualcomm.com/qaic-ultra-card"
+    names = [p["metadata"]["name"] for p in cluster.get("mutatingadmissionpolicies")["items"]]
+    assert "qaic-ultra-one-card" in names
+    cluster.wait_for("the one-card rule in force", lambda: cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", check=False,
+        input=json.dumps(resource_pod("probe", {ULTRA_RES: "5"}))).returncode != 0)
+
+
+def test_device_plugin_pods_keep_one_card(cluster: Cluster, stack: Stack) -> None:
+    """Issue 23 (the same scenario as test_cluster.py's device-plugin test): with the first
+    card partly used by the samples, `qaic-ultra: 4` gets the four SoCs of the free card,
+    `qaic-ultra: 2` two SoCs of the partly used one, and another `qaic-ultra: 4` stays Pending
+    with the scheduler's reason (no card has 4 free SoCs), never spread over cards."""
+    room = free_by_card(cluster)
+    assert sorted(room.values()) == [2, 4], room
+    try:
+        apply(cluster, resource_pod("four", {ULTRA_RES: "4"}))
+        await_running(cluster, "four")
+        pod = cluster.get("pod", "-n", NS, "four")
+        assert pod["spec"]["containers"][0]["resources"]["limits"] == {
+            "qualcomm.com/qaic-ultra-card": "1"}
+        assert "-> qualcomm.com/qaic-ultra-card 1" in pod["metadata"]["annotations"][
+            "qaic.qualcomm.com/one-card"]
+        four = extended_view(cluster, "four")
+        assert len(four) == 4 and len({s.card_id for s in four}) == 1
+        apply(cluster, resource_pod("two", {ULTRA_RES: "2"}))
+        await_running(cluster, "two")
+        two = extended_view(cluster, "two")
+        assert len(two) == 2 and len({s.card_id for s in two}) == 1
+        assert two[0].card_id != four[0].card_id
+        apply(cluster, resource_pod("four-more", {ULTRA_RES: "4"}))
+        cluster.wait_for("four-more's FailedScheduling",
+                         lambda: bool(scheduling_failures(cluster, "four-more")))
+        print("four-more pending:", scheduling_failures(cluster, "four-more"))
+        assert "cannot allocate all claims" in scheduling_failures(cluster, "four-more")
+        pending = cluster.get("pod", "-n", NS, "four-more")
+        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+    finally:
+        delete(cluster, "four", "two", "four-more")
+
+
+def test_no_card_has_room_even_with_free_socs_on_two_cards(
+    cluster: Cluster, stack: Stack,
+) -> None:
+    """Issue 23, DRA only: 5 Ultra SoCs are free (2 on one card, 3 on the other) and none
+    is a whole card: `qaic-ultra: 4` stays Pending (device-plugin mode would place it across
+    the two cards), and runs on the card as soon as that card is whole again."""
+    card = next(c for c, n in free_by_card(cluster).items() if n == 4)
+    create_claim_then_pod(cluster, card_claim("hold-one", card, cls=f"ultra.{DRIVER}"),
+                          claim_pod("hold-one", "hold-one"))
+    try:
+        await_running(cluster, "hold-one")
+        assert sorted(free_by_card(cluster).values()) == [2, 3]
+        apply(cluster, resource_pod("four-later", {ULTRA_RES: "4"}))
+        cluster.wait_for("four-later's FailedScheduling",
+                         lambda: "cannot allocate all claims" in scheduling_failures(
+                             cluster, "four-later"))
+        delete(cluster, "hold-one")
+        await_running(cluster, "four-later")
+        assert {s.card_id for s in extended_view(cluster, "four-later")} == {card}
+    finally:
+        delete(cluster, "hold-one", "four-later")
+
+
+def test_counts_no_card_holds_are_refused_at_admission(cluster: Cluster, stack: Stack) -> None:
+    proc = cluster.kubectl("create", "-f", "-", check=False,
+                           input=json.dumps(resource_pod("five", {ULTRA_RES: "5"})))
+    assert proc.returncode != 0
+    assert "qaic-ultra-one-card-counts" in proc.stderr
+    assert "qaic=5" in proc.stderr and "multiple of 4 (whole cards)" in proc.stderr, proc.stderr
+
+
+def test_one_soc_pods_and_claims_are_left_alone(cluster: Cluster, stack: Stack) -> None:
+    """The rule touches only several Ultra SoCs: `qaic-ultra: 1` runs as written (no note),
+    on an Ultra SoC; the samples with their claims keep running."""
+    apply(cluster, resource_pod("one-ultra", {ULTRA_RES: "1"}))
+    try:
+        await_running(cluster, "one-ultra")
+        pod = cluster.get("pod", "-n", NS, "one-ultra")
+        assert pod["spec"]["containers"][0]["resources"]["limits"] == {ULTRA_RES: "1"}
+        assert "qaic.qualcomm.com/one-card" not in (pod["metadata"].get("annotations") or {})
+        [soc] = extended_view(cluster, "one-ultra")
+        assert soc.sku.value == "ultra"
+    finally:
+        delete(cluster, "one-ultra")
+    assert all(p["status"].get("phase") in ("Running", "Succeeded") for p in pods(cluster, NS)
+               if p["metadata"].get("labels", {}).get("app.kubernetes.io/part-of")
+               == "qaic-k8s-samples")
+    stack.up(skuBasedResources="false")  # the stack as the tests below expect it
+
+
 # ----- issue 20: claim status, prioritized list, shared SoCs, the monitor ------------------
 # Hot-added cards (fake node + host device nodes) that these tests remove again at the end.
 ADDED: list[FakeSoc] = []
@@ -660,7 +916,9 @@ def test_node_reboot_brings_claimed_pods_back_on_their_socs(cluster: Cluster, st
                   for n, p in before.items()}
     accel_before = {s.pci_address: s.accel_index for s in cluster.node.fake.socs}
     rebooted = time.monotonic()
-    cluster.reboot_node(probe_order=sorted(accel_before, reverse=True))
+    # probed in accel order rotated by one: every SoC takes another's number
+    by_accel = sorted(accel_before, key=accel_before.__getitem__)
+    cluster.reboot_node(probe_order=[*by_accel[1:], by_accel[0]])
     moved = {s.pci_address for s in cluster.node.fake.socs
              if s.accel_index != accel_before[s.pci_address]}
     assert moved & {pci for socs in held.values() for pci in socs}, "no held SoC moved"
@@ -754,261 +1012,6 @@ def test_a_rolling_update_keeps_the_driver_registered_and_claims_valid(
     cluster.kubectl("delete", "pod", "-n", NS, "after-roll", "--wait=true")
     cluster.kubectl("delete", "resourceclaim", "-n", NS, "after-roll", "before-roll",
                     "--wait=true")
-
-
-# ----- whole cards and pods written for device-plugin mode (issues 20.1, 20.3, 23) ---------
-# Cards and parts of cards as devices with shared counters (dra/cards.py), the DeviceClasses'
-# extended resources (infra/components/dra_classes.py) and the one-card rule
-# (infra/components/one_card.py), on the node of 2 Ultra cards whose samples hold 2 SoCs of
-# one. Helpers of the issue-20 block above are used. The SKU switch stays until destroy.
-
-ULTRA_RES = "qualcomm.com/qaic-ultra"
-
-
-def socs_of_devices(cluster: Cluster, names: list[str]) -> list[FakeSoc]:
-    return [s for n in names for s in socs_of_device(cluster, n)]
-
-
-def allocated(cluster: Cluster, claim_name: str) -> list[str]:
-    return [r["device"] for r in results_of(cluster, claim_name)]
-
-
-def ultra_cards(cluster: Cluster) -> dict[str, list[FakeSoc]]:
-    out: dict[str, list[FakeSoc]] = {}
-    for s in cluster.node.fake.socs:
-        if s.sku.value == "ultra":
-            out.setdefault(s.card_id, []).append(s)
-    return out
-
-
-def free_by_card(cluster: Cluster) -> dict[str, int]:
-    held = held_socs(cluster)
-    return {c: sum(s.pci_address not in held for s in socs)
-            for c, socs in ultra_cards(cluster).items()}
-
-
-def resource_pod(name: str, limits: dict[str, str]) -> dict[str, Any]:
-    """A pod as written for device-plugin mode: extended resources in `limits`, no claims
-    (restricted Pod Security level, like the samples)."""
-    pod = claim_pod(name, "unused")
-    del pod["spec"]["resourceClaims"]
-    pod["spec"]["containers"][0]["resources"] = {"limits": limits}
-    return pod
-
-
-def extended_view(cluster: Cluster, name: str) -> list[FakeSoc]:
-    """The pod's container sees exactly the SoCs of its extended-resource claim (the one the
-    scheduler made, pod.status.extendedResourceClaimStatus): /dev/accel and QIDs."""
-    pod = cluster.get("pod", "-n", NS, name)
-    claim_name = pod["status"]["extendedResourceClaimStatus"]["resourceClaimName"]
-    socs = socs_of_devices(cluster, allocated(cluster, claim_name))
-    view = container_view(cluster, NS, name)
-    assert view.accels == {s.accel_index for s in socs}, (view, socs)
-    assert view.visible == ",".join(str(q) for q in sorted(s.qid for s in socs)), (view, socs)
-    return socs
-
-
-def scheduling_failures(cluster: Cluster, name: str) -> str:
-    events = cluster.get("events", "-n", NS, "--field-selector",
-                         f"involvedObject.name={name},reason=FailedScheduling")
-    return " ".join(e["message"] for e in events["items"])
-
-
-def card_claim(name: str, card: str | None = None, cls: str = f"ultra-card.{DRIVER}",
-               ) -> dict[str, Any]:
-    obj = claim(name, [("socs", cls, 1)])
-    if card is not None:  # pin it to one card
-        obj["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": {
-            "expression": f'device.attributes["{DRIVER}"].cardID == "{card}"'}}]
-    return obj
-
-
-def delete(cluster: Cluster, *names: str) -> None:
-    cluster.kubectl("delete", "pod,resourceclaim", "-n", NS, *names, "--ignore-not-found",
-                    "--wait=true", timeout=120)
-
-
-def test_each_ultra_card_is_published_whole_with_counters(cluster: Cluster, stack: Stack) -> None:
-    """Issue 20.3: each proven Ultra card (the fake node's qaic-util names the SKU) is one
-    device `card-<card>` plus its ten 2- and 3-SoC parts, all consuming per-SoC counters of
-    the card's counter set, which lives in a slice of its own; Standard and Pro are SoCs only."""
-    slices = [s for s in cluster.get("resourceslices")["items"]
-              if s["spec"]["driver"] == DRIVER and s["spec"].get("nodeName") == NODE_NAME]
-    counter_slices = [s for s in slices if s["spec"].get("sharedCounters")]
-    assert counter_slices and all(not s["spec"].get("devices") for s in counter_slices)
-    assert all(len(s["spec"].get("devices") or ()) <= 64 for s in slices)
-    sets = {c["name"]: set(c["counters"]) for s in counter_slices
-            for c in s["spec"]["sharedCounters"]}
-    devices = slice_devices(cluster)
-    cards = ultra_cards(cluster)
-    assert len(cards) == 2 and len(sets) == 2
-    for card_id, socs in cards.items():
-        whole = devices[card_device_name(card_id)]
-        assert whole["attributes"]["type"] == {"string": "card"}
-        assert whole["attributes"]["socs"]["string"].split(",") == sorted(
-            s.pci_address for s in socs)
-        [use] = whole["consumesCounters"]
-        assert set(use["counters"]) == sets[use["counterSet"]] == {
-            device_name(s.pci_address) for s in socs}
-        parts = [d for d in devices.values() if d["attributes"].get("cardID") == {
-            "string": card_id} and d["attributes"]["type"] == {"string": "part"}]
-        assert len(parts) == 6 + 4
-    others = [s for s in cluster.node.fake.socs if s.sku.value != "ultra"]
-    for s in others:
-        assert not devices[device_name(s.pci_address)].get("consumesCounters")
-
-
-def test_a_card_claim_gets_the_four_socs_of_one_card(cluster: Cluster, stack: Stack) -> None:
-    """Issue 20.3: `count: 1` of class ultra-card.qaic.qualcomm.com is one card: the claim's
-    CDI spec gives the container all four /dev/accel nodes and their four QIDs."""
-    free = [c for c, n in free_by_card(cluster).items() if n == 4]
-    assert free, free_by_card(cluster)
-    create_claim_then_pod(cluster, card_claim("a-card"), claim_pod("a-card", "a-card"))
-    try:
-        await_running(cluster, "a-card")
-        [device] = allocated(cluster, "a-card")
-        socs = socs_of_devices(cluster, [device])
-        assert len(socs) == 4 and len({s.card_id for s in socs}) == 1
-        assert device == card_device_name(socs[0].card_id)
-        view = container_view(cluster, NS, "a-card")
-        assert view.accels == {s.accel_index for s in socs}
-        assert view.visible == ",".join(str(q) for q in sorted(s.qid for s in socs))
-    finally:
-        delete(cluster, "a-card")
-
-
-def test_a_soc_in_use_makes_its_card_unavailable_and_back(cluster: Cluster, stack: Stack) -> None:
-    """Issue 20.3: with one SoC of the only free card claimed, a card claim stays Pending (the
-    other card is partly used by the samples); once that SoC is released it gets the card."""
-    free = [c for c, n in free_by_card(cluster).items() if n == 4]
-    assert len(free) == 1, free_by_card(cluster)  # the samples hold part of the other card
-    [card] = free
-    one = card_claim("one-soc", card, cls=f"ultra.{DRIVER}")
-    create_claim_then_pod(cluster, one, claim_pod("one-soc", "one-soc"))
-    try:
-        await_running(cluster, "one-soc")
-        create_claim_then_pod(cluster, card_claim("card-later"),
-                              claim_pod("card-later", "card-later"))
-        cluster.wait_for("the card claim's FailedScheduling",
-                         lambda: "cannot allocate all claims" in scheduling_failures(
-                             cluster, "card-later"))
-        assert not running(cluster, "card-later")
-        delete(cluster, "one-soc")
-        await_running(cluster, "card-later")
-        assert allocated(cluster, "card-later") == [card_device_name(card)]
-    finally:
-        delete(cluster, "one-soc", "card-later")
-
-
-def test_an_unchanged_pod_spec_runs_on_dra_nodes(cluster: Cluster, stack: Stack) -> None:
-    """Issue 20.1, SKU mode off (the e2e stack): `limits: {qualcomm.com/qaic: 2}` as a
-    device-plugin-mode pod writes it; the scheduler claims 2 SoCs of class qaic.qualcomm.com
-    for it and the container sees exactly those."""
-    apply(cluster, resource_pod("plain-two", {"qualcomm.com/qaic": "2"}))
-    try:
-        await_running(cluster, "plain-two")
-        assert len(extended_view(cluster, "plain-two")) == 2
-    finally:
-        delete(cluster, "plain-two")
-
-
-def test_sku_mode_makes_the_classes_serve_sku_resource_names(
-    cluster: Cluster, stack: Stack,
-) -> None:
-    """One `pulumi up` with skuBasedResources: the SKU classes stand for qualcomm.com/qaic-<sku>
-    and the one-card rule is in force (its policies created)."""
-    stack.up(skuBasedResources="true")
-    classes = {c["metadata"]["name"]: c["spec"].get("extendedResourceName")
-               for c in cluster.get("deviceclasses")["items"]}
-    assert classes[f"ultra.{DRIVER}"] == ULTRA_RES and classes[DRIVER] is None
-    assert classes[f"ultra-card.{DRIVER}"] == "qualcomm.com/qaic-ultra-card"
-    names = [p["metadata"]["name"] for p in cluster.get("mutatingadmissionpolicies")["items"]]
-    assert "qaic-ultra-one-card" in names
-    cluster.wait_for("the one-card rule in force", lambda: cluster.kubectl(
-        "create", "--dry-run=server", "-f", "-", check=False,
-        input=json.dumps(resource_pod("probe", {ULTRA_RES: "5"}))).returncode != 0)
-
-
-def test_device_plugin_pods_keep_one_card(cluster: Cluster, stack: Stack) -> None:
-    """Issue 23 (the same scenario as test_cluster.py's device-plugin test): with the first
-    card partly used by the samples, `qaic-ultra: 4` gets the four SoCs of the free card,
-    `qaic-ultra: 2` two SoCs of the partly used one, and another `qaic-ultra: 4` stays Pending
-    with the scheduler's reason (no card has 4 free SoCs), never spread over cards."""
-    room = free_by_card(cluster)
-    assert sorted(room.values()) == [2, 4], room
-    try:
-        apply(cluster, resource_pod("four", {ULTRA_RES: "4"}))
-        await_running(cluster, "four")
-        pod = cluster.get("pod", "-n", NS, "four")
-        assert pod["spec"]["containers"][0]["resources"]["limits"] == {
-            "qualcomm.com/qaic-ultra-card": "1"}
-        assert "-> qualcomm.com/qaic-ultra-card 1" in pod["metadata"]["annotations"][
-            "qaic.qualcomm.com/one-card"]
-        four = extended_view(cluster, "four")
-        assert len(four) == 4 and len({s.card_id for s in four}) == 1
-        apply(cluster, resource_pod("two", {ULTRA_RES: "2"}))
-        await_running(cluster, "two")
-        two = extended_view(cluster, "two")
-        assert len(two) == 2 and len({s.card_id for s in two}) == 1
-        assert two[0].card_id != four[0].card_id
-        apply(cluster, resource_pod("four-more", {ULTRA_RES: "4"}))
-        cluster.wait_for("four-more's FailedScheduling",
-                         lambda: bool(scheduling_failures(cluster, "four-more")))
-        print("four-more pending:", scheduling_failures(cluster, "four-more"))
-        assert "cannot allocate all claims" in scheduling_failures(cluster, "four-more")
-        pending = cluster.get("pod", "-n", NS, "four-more")
-        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
-    finally:
-        delete(cluster, "four", "two", "four-more")
-
-
-def test_no_card_has_room_even_with_free_socs_on_two_cards(
-    cluster: Cluster, stack: Stack,
-) -> None:
-    """Issue 23, DRA only: 5 Ultra SoCs are free (2 on one card, 3 on the other) and none
-    is a whole card: `qaic-ultra: 4` stays Pending (device-plugin mode would place it across
-    the two cards), and runs on the card as soon as that card is whole again."""
-    card = next(c for c, n in free_by_card(cluster).items() if n == 4)
-    create_claim_then_pod(cluster, card_claim("hold-one", card, cls=f"ultra.{DRIVER}"),
-                          claim_pod("hold-one", "hold-one"))
-    try:
-        await_running(cluster, "hold-one")
-        assert sorted(free_by_card(cluster).values()) == [2, 3]
-        apply(cluster, resource_pod("four-later", {ULTRA_RES: "4"}))
-        cluster.wait_for("four-later's FailedScheduling",
-                         lambda: "cannot allocate all claims" in scheduling_failures(
-                             cluster, "four-later"))
-        delete(cluster, "hold-one")
-        await_running(cluster, "four-later")
-        assert {s.card_id for s in extended_view(cluster, "four-later")} == {card}
-    finally:
-        delete(cluster, "hold-one", "four-later")
-
-
-def test_counts_no_card_holds_are_refused_at_admission(cluster: Cluster, stack: Stack) -> None:
-    proc = cluster.kubectl("create", "-f", "-", check=False,
-                           input=json.dumps(resource_pod("five", {ULTRA_RES: "5"})))
-    assert proc.returncode != 0
-    assert "qaic-ultra-one-card-counts" in proc.stderr
-    assert "qaic=5" in proc.stderr and "multiple of 4 (whole cards)" in proc.stderr, proc.stderr
-
-
-def test_one_soc_pods_and_claims_are_left_alone(cluster: Cluster, stack: Stack) -> None:
-    """The rule touches only several Ultra SoCs: `qaic-ultra: 1` runs as written (no note),
-    on an Ultra SoC; the samples with their claims keep running."""
-    apply(cluster, resource_pod("one-ultra", {ULTRA_RES: "1"}))
-    try:
-        await_running(cluster, "one-ultra")
-        pod = cluster.get("pod", "-n", NS, "one-ultra")
-        assert pod["spec"]["containers"][0]["resources"]["limits"] == {ULTRA_RES: "1"}
-        assert "qaic.qualcomm.com/one-card" not in (pod["metadata"].get("annotations") or {})
-        [soc] = extended_view(cluster, "one-ultra")
-        assert soc.sku.value == "ultra"
-    finally:
-        delete(cluster, "one-ultra")
-    assert all(p["status"].get("phase") in ("Running", "Succeeded") for p in pods(cluster, NS)
-               if p["metadata"].get("labels", {}).get("app.kubernetes.io/part-of")
-               == "qaic-k8s-samples")
 
 
 def test_destroy_leaves_no_claims_slices_or_specs(cluster: Cluster, stack: Stack) -> None:
