@@ -299,8 +299,9 @@ def socs_seen(cluster: Cluster, name: str) -> list[Any]:
     view = container_view(cluster, SAMPLES_NS, name)
     mine = [by_qid[int(q)] for q in view.visible.split(",")]
     assert view.accels == {s.accel_index for s in mine}, (view, mine)
-    [d] = [d for d in held_devices() if d.pod == name]
-    assert {i.split("::")[0] for i in d.device_ids} == {s.pci_address for s in mine}
+    held = {i.split("::")[0] for d in held_devices()
+            if (d.namespace, d.pod) == (SAMPLES_NS, name) for i in d.device_ids}
+    assert held == {s.pci_address for s in mine}, (held, mine)
     return mine
 
 
