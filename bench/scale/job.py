@@ -36,7 +36,7 @@ FULL = measure.Plan(nodes=(100, 300, 1000), loads=(0.6, 0.85, 1.0), churn_rate=5
                     churn_seconds=45.0, fill_timeout=1200.0, client_qps=(None, LIFTED_QPS),
                     seed=22)
 QUICK = measure.Plan(nodes=(20,), loads=(0.85,), churn_rate=4.0, churn_seconds=15.0,
-                     fill_timeout=120.0, client_qps=(None,), seed=22)
+                     fill_timeout=120.0, client_qps=(None,), seed=22, idle_seconds=10.0)
 MODES = (False, True)  # dra?
 
 

@@ -28,7 +28,7 @@ from .tracker import Tracker, placements
 
 Json = dict[str, Any]
 NODE_CONCURRENCY = 32
-IDLE_SECONDS = 15.0
+IDLE_SECONDS = 45.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Plan:
     #: the scheduler's and controller manager's client QPS, one run each; None: their defaults
     client_qps: tuple[float | None, ...]
     seed: int
+    #: the idle window before the first job (the background CPU): a full kwok heartbeat
+    #: cycle (20-45 s a node) in a full run; the first 15 s after the nodes come up miss it
+    idle_seconds: float = IDLE_SECONDS
     #: where CPU profiles of the scheduler and API server during the first fill go (None: none)
     profile_dir: Path | None = None
 
@@ -129,7 +132,7 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
         total = n * layout.socs
         # the background (kwok's heartbeats, controllers' resyncs, watches): subtracted from
         # each phase's CPU to give the marginal CPU a pod costs
-        await asyncio.sleep(IDLE_SECONDS)
+        await asyncio.sleep(plan.idle_seconds)
         readings.append(("idle", procstat.read(cp.pids)))
 
         requests_before = requests_by_kind(await kube.text("/metrics"))

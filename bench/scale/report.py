@@ -9,7 +9,7 @@ from typing import Any
 Json = dict[str, Any]
 PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok", "bench")
 CONTROL_PLANE = PROCS[:4]
-IDLE = "15 s before the first job"
+IDLE = "before the first job"
 CPUS = 2  # the machine's; the ceiling below is what they could bind if the control plane had them
 
 
