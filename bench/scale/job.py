@@ -29,7 +29,8 @@ from . import kwok, measure, plot, report
 from .publishers import discover
 
 HERE = Path(__file__).resolve().parent
-LATEST = HERE.parent / "results" / "scale.json"
+LATEST = HERE.parent / "results" / "scale.json"  # gitignored
+RECORD = HERE / "results.json"  # the committed copy docs/benchmarks.md quotes (--record)
 #: Client QPS lifted far above what 2 CPUs can serve: the control plane's own pace shows.
 LIFTED_QPS = 1000.0
 FULL = measure.Plan(nodes=(100, 300, 1000), loads=(0.6, 0.85, 1.0), churn_rate=5.0,
@@ -92,6 +93,11 @@ def run(plan: measure.Plan, work: Path, *, build: bool = True,
     return out
 
 
+def _record(result: dict[str, Any]) -> None:
+    RECORD.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {RECORD} and {plot.draw(result, RECORD.with_suffix('.svg'))}")
+
+
 def smoke(work: Path, *, build: bool = True) -> dict[str, Any]:
     """`make bench-quick`'s part: the QUICK plan, figures printed, never judged. A machine
     without the tool cache's Kubernetes (make e2e builds it) or kwok says why and goes on."""
@@ -126,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=("device-plugin", "dra"),
                    default=["device-plugin", "dra"], help="which modes to run (default both)")
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
+    p.add_argument("--record", action="store_true",
+                   help=f"also write {RECORD.relative_to(HERE.parents[1])} and its SVG")
     p.add_argument("--no-build", action="store_true", help="never build kwok (e2e/tools.sh)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--profile", action="store_true",
@@ -136,10 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.report:
         earlier = json.loads(args.report.read_text())
+        print(report.headline(earlier))
+        print()
         print(report.table(earlier))
         print(report.profile(earlier))
         print(report.profile_tops(earlier))
         print(f"wrote {plot.draw(earlier, args.report.with_suffix('.svg'))}")
+        if args.record:
+            _record(earlier)
         return 0
     plan = QUICK if args.quick else FULL
     qps = tuple(None if q == "default" else float(q) for q in args.client_qps or ())
@@ -161,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     result["meta"]["seconds"] = round(time.monotonic() - started, 1)
     print()
+    print(report.headline(result))
+    print()
     print(report.table(result))
     print(report.profile(result))
     print(report.profile_tops(result))
@@ -168,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {args.json}")
     drawn = plot.draw(result, args.json.with_suffix(".svg"))
     print(f"wrote {drawn}")
+    if args.record:
+        _record(result)
     if args.keep:
         print(f"work directory kept: {work}")
     else:

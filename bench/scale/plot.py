@@ -1,6 +1,7 @@
 """The scale run's plot, as an SVG written by hand (no plotting library in the venv): scheduling
-throughput of the first fill, and the share of 4-SoC jobs on one card at the highest load,
-against node count, one line per mode."""
+throughput of the first fill, and the share of 4-SoC jobs on one card while the load is held
+at 0.85 (the headline load of the allocation-quality runs; else the last load), against node
+count, one line per mode and client-rate setting."""
 
 from __future__ import annotations
 
@@ -13,14 +14,23 @@ W, H, PAD = 360, 240, 48
 COLOURS = {"device-plugin": "#1f77b4", "dra": "#d62728"}
 
 
+HEADLINE = "churn-0.85"
+
+
+def _phase(r: Json, first: bool) -> str | None:
+    names = list(r["phases"])
+    if not names:
+        return None
+    return names[0] if first else (HEADLINE if HEADLINE in names else names[-1])
+
+
 def _series(result: Json, figure: str) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for r in result["runs"]:
-        phases = list(r["phases"].values())
-        if not phases:
+        name = _phase(r, figure == "throughput_pods_per_s")
+        if name is None:
             continue
-        ph = phases[0] if figure == "throughput_pods_per_s" else phases[-1]
-        v = ph.get(figure)
+        v = r["phases"][name].get(figure)
         q = r.get("client_qps")
         label = r["mode"] + ("" if q is None else f", QPS {q:g}")
         if isinstance(v, int | float):
@@ -67,7 +77,7 @@ def _panel(x0: int, title: str, series: dict[str, list[tuple[float, float]]],
 
 
 def draw(result: Json, path: Path) -> Path:
-    last_load = next((list(r["phases"])[-1] for r in result["runs"] if r["phases"]), "")
+    last_load = next((_phase(r, False) for r in result["runs"] if r["phases"]), "")
     body = _panel(0, "scheduling throughput, first fill (pods/s)",
                   _series(result, "throughput_pods_per_s"))
     body += _panel(W, f"4-SoC jobs on one card, {last_load} (%)",

@@ -172,3 +172,50 @@ def profile_tops(result: Json, lines: int = 12) -> str:
             out.append(f"{proc}, {r['nodes']} nodes, {qps_label(r.get('client_qps'))}, "
                        f"{r['mode']}, first fill:\n  " + "\n  ".join(body))
     return "\n".join(out)
+
+
+def _pair(dp: Json, dra: Json, get: Callable[[Json], Any], ratio: bool = True) -> str:
+    a, b = get(dp), get(dra)
+    cell = f"{_fmt(a)} / {_fmt(b)}"
+    return f"{cell} ({_ratio(a, b)})" if ratio and _ratio(a, b) else cell
+
+
+def _c2b(r: Json, ph: str) -> str:
+    return (f"{_fmt(_get(r, 'phases', ph, 'create_to_bound_s', 'p50'))} / "
+            f"{_fmt(_get(r, 'phases', ph, 'create_to_bound_s', 'p99'))}")
+
+
+def _rss(r: Json) -> str:
+    return " / ".join(_fmt(_get(r, "rss_mb", p)) for p in CONTROL_PLANE[:3])
+
+
+def headline(result: Json) -> str:
+    """The few figures the targets speak to, one row per node count and client setting:
+    device-plugin / DRA (DRA / device-plugin)."""
+    rows = ["| nodes, client rate | pods/s, first fill | control-plane CPU per pod, ms | "
+            "scheduler CPU per pod, ms | creation->bound p50 / p99 at 0.85, s | "
+            "4-SoC on one card at 0.85, % | 4-SoC waited at 0.85, % | "
+            "slice writes per node: start, idle | RSS apiserver / etcd / scheduler, MB |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    by: dict[tuple[int, str], dict[str, Json]] = {}
+    for r in result["runs"]:
+        by.setdefault((r["nodes"], qps_label(r.get("client_qps"))), {})[r["mode"]] = r
+    for (n, q), m in by.items():
+        dp, dra = m.get("device-plugin", {}), m.get("dra", {})
+        if not dp or not dra:
+            continue
+        first = next(iter(dp["phases"]))
+        for r in (dp, dra):
+            r["cp_ms"] = {first: cp_ms_per_pod(r, first)}
+        ph = "churn-0.85" if "churn-0.85" in dp["phases"] else list(dp["phases"])[-1]
+        rows.append(
+            f"| {n}, {q} | {_pair(dp, dra, _at('phases', first, 'throughput_pods_per_s'))} "
+            f"| {_pair(dp, dra, _at('cp_ms', first))} "
+            f"| {_pair(dp, dra, _at('cpu_ms_per_bound_pod', first, 'kube-scheduler'))} "
+            f"| {_c2b(dp, ph)} ; {_c2b(dra, ph)} "
+            f"| {_pair(dp, dra, _at('phases', ph, 'one_card_4soc_pct'), False)} "
+            f"| {_pair(dp, dra, _at('phases', ph, 'waited_4soc_pct'), False)} "
+            f"| {_fmt(_get(dra, 'slices', 'start', 'writes_per_node'))}, "
+            f"{_fmt(_get(dra, 'slices', 'idle', 'writes_per_node'))} "
+            f"| {_rss(dp)} ; {_rss(dra)} |")
+    return "\n".join(rows)
