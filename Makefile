@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 API := plugin_image/qaic_device_plugin/kubelet/api
 
-.PHONY: demo test e2e proto bench bench-quick reliability image clean
+.PHONY: demo test e2e proto bench bench-quick bench-scale reliability image clean
 
 demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubelet simulator
 	$(BIN)/python -m qaic_device_plugin.sim.demo
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## every figure next to its floor, then side by side with the G
 
 bench-quick: $(STAMP)  ## ~10x smaller counts, side-by-side included: a smoke run for CI
 	$(BIN)/python -m bench --quick
+
+bench-scale: $(STAMP)  ## real control plane + kwok nodes (100/300/1000 x 16 SoCs), device-plugin vs DRA (~100 min; needs make e2e's Kubernetes, builds kwok once); SCALE_ARGS=--quick: the 20-node smoke
+	$(BIN)/python -m bench scale $(SCALE_ARGS)
 
 image:  ## build linux/amd64 + linux/arm64 into one manifest list (buildx, else buildah); IMAGE_ARGS="--tag REG/qaic-device-plugin:X --push"
 	plugin_image/build-image.sh $(IMAGE_ARGS)
