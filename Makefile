@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 API := plugin_image/qaic_device_plugin/kubelet/api
 
-.PHONY: demo test e2e proto bench bench-quick bench-scale reliability image clean
+.PHONY: demo test e2e e2e-full proto bench bench-quick bench-scale reliability image clean
 
 demo: $(STAMP)  ## simulated node (2 Ultra, 1 Std, 1 Pro) + real plugin + kubelet simulator
 	$(BIN)/python -m qaic_device_plugin.sim.demo
@@ -15,7 +15,12 @@ test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, Kubernetes, etcd; cached, built once) + the e2e tests, a real cluster included
+e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, Kubernetes, etcd; cached, built once) + the e2e tests, a real cluster included (not the multi-node fleet: e2e-full)
+	bash e2e/host-packages.sh
+	bash e2e/tools.sh
+	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m "e2e and not fleet"
+
+e2e-full: $(STAMP)  ## make e2e plus the multi-node fleet (tests/e2e/test_fleet.py: 3 nodes, node pools, placement, drain, join, rolling upgrade)
 	bash e2e/host-packages.sh
 	bash e2e/tools.sh
 	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m e2e

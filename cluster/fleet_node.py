@@ -91,6 +91,8 @@ class FleetNode:
     def host_path(self, node_path: Path) -> Path:
         """Where the host sees what this node sees at `node_path` (one of NODE_PATHS or
         below one): e.g. /var/lib/kubelet/plugins/X -> <node dir>/kubelet/plugins/X."""
+        if node_path.parts[:3] == ("/", "var", "run"):  # /var/run is /run here
+            node_path = Path("/run", *node_path.parts[3:])
         for target, sub in NODE_PATHS.items():
             if node_path == target or target in node_path.parents:
                 return self.dir / sub / node_path.relative_to(target)
