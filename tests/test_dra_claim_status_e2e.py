@@ -329,9 +329,11 @@ async def test_shared_socs_are_published_and_each_share_is_prepared_with_its_sta
     name = device_name(soc.pci_address)
 
     async def published() -> dict[str, Any]:
+        # The previous test's driver left its slice (same node, same pool) until this driver
+        # replaces it: wait for the one that shares the SoC, not the first one seen.
         async for _, s in client.watch(ResourceSlice, fields={"spec.driver": DRIVER_NAME}):
             for d in s.to_dict()["spec"].get("devices") or []:
-                if d["name"] == name:
+                if d["name"] == name and "allowMultipleAllocations" in d:
                     return dict(d)
         raise AssertionError("watch ended")
     device = await asyncio.wait_for(published(), 20)
