@@ -12,6 +12,11 @@ QIDs, card, NUMA node, health; dra/claim_status.py) is written after prepare and
 SoC's health changes, and when the SoCs' device nodes change under a running node (driver
 reload, re-probe) their CDI specs are written again, since kubelet sends no prepare for that.
 
+After a move from device-plugin mode (dra/device_plugin_socs.py), SoCs that pods of that
+mode still hold, and all SoCs while its device plugin still serves, are left out of the
+slices until released: asked before the first slice is written, then polled only while
+something is withheld.
+
 With QAIC_METRICS_PORT (as in device-plugin mode) it serves /metrics (the SoC gauges and
 health counters, resource label `qaic.qualcomm.com`), /healthz (every loop runs) and /readyz
 (registered with kubelet and the server holding the node's ResourceSlices as wanted: 503
@@ -49,6 +54,7 @@ from ..qaic.model import Soc
 from ..scan.qaic_util_poll import QaicUtilPolling, paced_scan
 from .backend import DRIVER_NAME, QaicDraDriver
 from .claim_status import device_status
+from .device_plugin_socs import DevicePluginSocs
 from .settings import DraSettings
 
 log = logging.getLogger(__name__)
@@ -97,6 +103,8 @@ class DraApp:
             settings.sysfs_root, settings.dev_root, settings.full_rescan_period, time.monotonic
         )
         self._devices: list[Device] = []
+        #: SoCs the device-plugin mode still holds or serves: not published until released.
+        self.device_plugin_socs = DevicePluginSocs(settings.pod_resources_socket)
         self._dirty = asyncio.Event()
         self._publish = asyncio.Event()
         self.plugin.registration.on_registered.append(self._publish.set)
@@ -111,14 +119,19 @@ class DraApp:
         log_health_changes(self.state, state)
         self.metrics.observe_state(self.state, state, {DRIVER_NAME: list(state.socs)})
         self.state = state
-        self._devices = self.driver.update(state.socs)
-        self._publish.set()
+        self._offer()
         if self.driver.moved or self._moved:  # (also retries what could not be done)
             self._moved |= self.driver.moved
             self._respec.set()
         for claim in self.node.prepared.values():
             self._report(claim)
         await self.health.publish(self.driver.health_reports())
+
+    def _offer(self) -> None:
+        """The devices to publish from the SoCs as last scanned, less the withheld ones."""
+        socs = self.state.socs if self.state is not None else ()
+        self._devices = self.driver.update(self.device_plugin_socs.offerable(socs))
+        self._publish.set()
 
     def _report(self, claim: PreparedClaim) -> None:
         """The claim's status entries from its devices' SoCs as they are now (written only
@@ -233,6 +246,7 @@ class DraApp:
             "slice-publisher": self._publisher(),
             "slice-watch": self.publisher.watch(self._publish.set),
             "claim-status": self.claim_status.run(),
+            "device-plugin-socs": self.device_plugin_socs.follow(self._dirty.set),
             "spec-refresh": self._spec_refresher(),
             "dra-sockets": self.plugin.run(),
         }
@@ -254,6 +268,7 @@ class DraApp:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.qaic_util.poll()
+            await self.device_plugin_socs.poll()  # before the first slice is written
             await self.refresh()
             await self.plugin.start()
             loops = self.loops()

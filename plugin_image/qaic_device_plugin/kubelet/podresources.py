@@ -1,15 +1,20 @@
-"""A client of kubelet's PodResources API v1 (`List`): which devices running pods hold.
+"""A client of kubelet's PodResources API v1: which devices running pods hold (`List`), and
+which devices kubelet's device manager can hand out now (`GetAllocatableResources`).
 
 Kubelet serves it on `/var/lib/kubelet/pod-resources/kubelet.sock`. A device plugin keeps no
 record of what it handed out, and kubelet tracks allocations per resource name and device ID;
 this is how a plugin learns what pods hold after it changed either. Generic: it knows
 nothing about any vendor's devices.
+
+v1 has no Watch (the KEP's `Watch` was never served by kubelet): a caller that must learn of a
+release asks again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -37,6 +42,16 @@ class ContainerDevices:
     device_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ResourceDevices:
+    """Devices of one resource that kubelet's device manager can allocate now: those a
+    registered device plugin lists Healthy, held or not (kubelet drops them all at once when
+    the plugin's endpoint goes away)."""
+
+    resource_name: str
+    device_ids: tuple[str, ...]
+
+
 class PodResourcesUnavailable(Exception):
     """The API could not be asked (no socket, kubelet not answering, an RPC error)."""
 
@@ -54,6 +69,22 @@ def _flatten(resp: pb.ListPodResourcesResponse) -> list[ContainerDevices]:
     return out
 
 
+async def _call(socket_path: Path, timeout: float, method: str, request: object) -> Any:
+    """One unary call over the Unix socket, bounded by `timeout` (connect included)."""
+    if not socket_path.is_socket():
+        raise PodResourcesUnavailable(f"{socket_path}: no such socket")
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    async with aio.insecure_channel(f"unix://{socket_path}", options=options) as channel:
+        stub = pb_grpc.PodResourcesListerStub(channel)
+        try:
+            return await getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, aio.AioRpcError) else None
+            name = code.name if code is not None else "ERROR"
+            detail = e.details() if isinstance(e, aio.AioRpcError) else str(e)
+            raise PodResourcesUnavailable(f"{socket_path}: {name}: {detail}") from None
+
+
 async def list_devices(
     socket_path: Path = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> list[ContainerDevices]:
@@ -61,16 +92,15 @@ async def list_devices(
 
     Raises PodResourcesUnavailable; never waits longer than `timeout`.
     """
-    if not socket_path.is_socket():
-        raise PodResourcesUnavailable(f"{socket_path}: no such socket")
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    async with aio.insecure_channel(f"unix://{socket_path}", options=options) as channel:
-        stub = pb_grpc.PodResourcesListerStub(channel)
-        try:
-            resp = await stub.List(pb.ListPodResourcesRequest(), timeout=timeout)
-        except grpc.RpcError as e:
-            code = e.code() if isinstance(e, aio.AioRpcError) else None
-            name = code.name if code is not None else "ERROR"
-            detail = e.details() if isinstance(e, aio.AioRpcError) else str(e)
-            raise PodResourcesUnavailable(f"{socket_path}: {name}: {detail}") from None
+    resp = await _call(socket_path, timeout, "List", pb.ListPodResourcesRequest())
     return _flatten(resp)
+
+
+async def allocatable_devices(
+    socket_path: Path = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> list[ResourceDevices]:
+    """One `GetAllocatableResources` call (GA since 1.28): the devices device plugins serve
+    Healthy now. Raises PodResourcesUnavailable; never waits longer than `timeout`."""
+    resp = await _call(socket_path, timeout, "GetAllocatableResources",
+                       pb.AllocatableResourcesRequest())
+    return [ResourceDevices(d.resource_name, tuple(d.device_ids)) for d in resp.devices]

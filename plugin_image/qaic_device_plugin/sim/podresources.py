@@ -1,7 +1,7 @@
 """A stand-in for kubelet's PodResources API v1 over a real Unix socket, as kubelet serves it.
 
 Tests set which containers hold which devices; `List` answers that, `Get` answers one pod,
-`GetAllocatableResources` answers nothing allocatable (we do not model it).
+`GetAllocatableResources` the devices a test says device plugins serve (none by default).
 """
 
 from __future__ import annotations
@@ -17,19 +17,24 @@ from grpc import aio
 
 from ..kubelet.api import podresources_v1_pb2 as pb
 from ..kubelet.api import podresources_v1_pb2_grpc as pb_grpc
-from ..kubelet.podresources import ContainerDevices
+from ..kubelet.podresources import ContainerDevices, ResourceDevices
 
 
 class PodResourcesSim:
     def __init__(self, socket_path: Path) -> None:
         self.socket = socket_path
         self.held: list[ContainerDevices] = []
+        self.allocatable: list[ResourceDevices] = []
         self.calls = 0
         self._called = asyncio.Condition()
         self._server: aio.Server | None = None
 
     def set_held(self, held: Iterable[ContainerDevices]) -> None:
         self.held = list(held)
+
+    def set_allocatable(self, served: Iterable[ResourceDevices]) -> None:
+        """What device plugins serve Healthy (kubelet empties it when a plugin goes)."""
+        self.allocatable = list(served)
 
     def _pods(self) -> list[pb.PodResources]:
         pods: dict[tuple[str, str], dict[str, list[pb.ContainerDevices]]] = {}
@@ -111,4 +116,7 @@ class _Lister(pb_grpc.PodResourcesListerServicer):
             pb.AllocatableResourcesRequest, pb.AllocatableResourcesResponse
         ],
     ) -> pb.AllocatableResourcesResponse:
-        return pb.AllocatableResourcesResponse()
+        await self._sim._count_call()
+        return pb.AllocatableResourcesResponse(devices=[
+            pb.ContainerDevices(resource_name=r.resource_name, device_ids=r.device_ids)
+            for r in self._sim.allocatable])
