@@ -25,7 +25,7 @@ from typing import Any
 from bench.common.errors import BenchError
 from cluster.tools import find_binaries
 
-from . import kwok, measure, plot, report
+from . import kwok, manifests, measure, plot, report
 from .publishers import discover
 
 HERE = Path(__file__).resolve().parent
@@ -73,11 +73,15 @@ def run(plan: measure.Plan, work: Path, *, build: bool = True,
     """Every node count, client QPS setting and mode; prints a line per run and writes what it
     has so far to `partial` after each (a long run that breaks keeps its figures)."""
     kw = kwok.locate(build=build)
-    layout = asyncio.run(discover())
+    layout = asyncio.run(discover(partitions=plan.partitions))
+    ask = ("one whole card" if plan.four_soc == manifests.FOUR_SOC_CARD
+           else "four SoCs on one card")
     out: dict[str, Any] = {"meta": _meta(plan, kw), "runs": []}
     print(f"scale: {plan.nodes} nodes x {layout.socs} SoCs, loads {plan.loads}, "
           f"kwok {kwok.VERSION} ({kw.how}), client QPS "
-          f"{', '.join(_qps(q) for q in plan.client_qps)}", flush=True)
+          f"{', '.join(_qps(q) for q in plan.client_qps)}; DRA: {len(layout.devices)} devices "
+          f"and {len(layout.counter_sets)} counter sets a node, 4-SoC jobs ask {ask}"
+          f"; load average {os.getloadavg()[0]:.1f}", flush=True)
     for n in plan.nodes:
         for qps in plan.client_qps:
             for dra in modes:
@@ -131,6 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"run each; 'default': theirs (full run: default {LIFTED_QPS:g})")
     p.add_argument("--modes", nargs="+", choices=("device-plugin", "dra"),
                    default=["device-plugin", "dra"], help="which modes to run (default both)")
+    p.add_argument("--dra-devices", choices=("partitioned", "socs"), default="partitioned",
+                   help="DRA: what each node publishes: 'partitioned' (each SoC, each whole "
+                        "Ultra card and its parts, with shared counters: the driver since "
+                        "699f29a) or 'socs' (the 16 SoCs alone)")
+    p.add_argument("--four-soc", choices=(manifests.FOUR_SOC_CONSTRAINT, manifests.FOUR_SOC_CARD),
+                   default=manifests.FOUR_SOC_CONSTRAINT,
+                   help="DRA: a 4-SoC job's claim: 'constraint' (4 SoCs with matchAttribute "
+                        "cardID, the stack's template) or 'card' (1 device of the whole-card "
+                        "class; needs --dra-devices partitioned)")
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
     p.add_argument("--record", action="store_true",
                    help=f"also write {RECORD.relative_to(HERE.parents[1])} and its SVG")
@@ -153,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record:
             _record(earlier)
         return 0
+    if args.four_soc == manifests.FOUR_SOC_CARD and args.dra_devices == "socs":
+        p.error("--four-soc card needs --dra-devices partitioned (no card devices without it)")
     plan = QUICK if args.quick else FULL
     qps = tuple(None if q == "default" else float(q) for q in args.client_qps or ())
     changes = {k: v for k, v in (("nodes", tuple(args.nodes or ())),
@@ -161,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  ("client_qps", qps),
                                  ("profile_dir", args.json.parent if args.profile else None))
                if v}
+    changes["partitions"] = args.dra_devices == "partitioned"
+    changes["four_soc"] = args.four_soc
     plan = measure.Plan(**{**plan.__dict__, **changes})
     work = Path(tempfile.mkdtemp(prefix="qaic-scale-"))
     started = time.monotonic()

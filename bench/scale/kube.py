@@ -54,6 +54,9 @@ class Kube:
         """Gone already (404) is fine: a pod may have been deleted by its node meanwhile."""
         await self._call("DELETE", path, ok=(200, 202, 404))
 
+    async def delete_collection(self, path: str, **params: str) -> None:
+        await self._call("DELETE", path, params=params)
+
     async def patch_status(self, path: str, patch: Json) -> Json:
         r = await self._call(
             "PATCH", path + "/status", content=json.dumps(patch),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.components.dra_classes import card_class_name
 from infra.components.dra_objects import ALL_SOCS_CLASS, CARD_ATTRIBUTE, device_classes
 from workloads.samples import CLAIM
 
@@ -29,6 +30,9 @@ RESOURCE = "qualcomm.com/qaic"
 NODE_CPU, NODE_MEM_GI, NODE_PODS = 64, 512, 110
 CPU_PER_SOC, MEM_GI_PER_SOC = 4, 32
 ONE_CARD_SIZES = (4,)  # the job sizes whose template carries the one-card constraint
+#: How a 4-SoC job asks for its card: four SoCs with the one-card constraint (the stack's
+#: template), or one device of the whole-Ultra-card class (the driver's card devices)
+FOUR_SOC_CONSTRAINT, FOUR_SOC_CARD = "constraint", "card"
 IMAGE = "registry.invalid/qaic-job:1"  # never pulled: kwok runs no containers
 
 
@@ -50,10 +54,14 @@ def template_name(size: int) -> str:
     return f"qaic-{size}soc"
 
 
-def claim_template(size: int) -> Json:
+def claim_template(size: int, four_soc: str = FOUR_SOC_CONSTRAINT) -> Json:
+    if size == 4 and four_soc == FOUR_SOC_CARD:
+        cls, count = card_class_name("ultra"), 1
+    else:
+        cls, count = ALL_SOCS_CLASS, size
     devices: Json = {"requests": [{"name": CLAIM, "exactly": {
-        "deviceClassName": ALL_SOCS_CLASS, "allocationMode": "ExactCount", "count": size}}]}
-    if size in ONE_CARD_SIZES:
+        "deviceClassName": cls, "allocationMode": "ExactCount", "count": count}}]}
+    if size in ONE_CARD_SIZES and count > 1:
         devices["constraints"] = [{"requests": [CLAIM], "matchAttribute": CARD_ATTRIBUTE}]
     return {
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",

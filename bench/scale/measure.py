@@ -4,8 +4,10 @@ Order: control plane + kwok; the namespace; N nodes created and Ready (device-pl
 extended resource checked in status after kwok's init, and again at the end); DRA mode: the
 DeviceClasses, the claim templates, every node's SlicePublisher syncing once (writes at start)
 and once more with nothing changed (writes per idle period); then per load a fill and a churn;
-DRA mode: a last idle resync after all the claim traffic. CPU and RSS of each process are read
-at every phase boundary.
+DRA mode: a last idle resync after all the claim traffic, then the write scenarios: a health
+change on every node (one SoC fails, then recovers) and a kubelet restart on every node at once
+(each wipes its node's slices; the drivers write them back). CPU and RSS of each process are
+read at every phase boundary.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.common.errors import BenchError
 from . import control_plane, kwok, manifests, procstat, profiles, summary
 from .kube import Kube, requests_by_kind
 from .load import Load
-from .publishers import NodeLayout, Publishers, slice_requests
+from .publishers import RESYNC_SECONDS, NodeLayout, Publishers, slice_requests
 from .tracker import Tracker, placements
 
 Json = dict[str, Any]
@@ -46,6 +48,12 @@ class Plan:
     idle_seconds: float = IDLE_SECONDS
     #: where CPU profiles of the scheduler and API server during the first fill go (None: none)
     profile_dir: Path | None = None
+    #: DRA: publish whole cards and parts with counters, as the driver does since 699f29a
+    #: (False: the 16 SoC devices alone, as at the recorded run's 7ea028a)
+    partitions: bool = True
+    #: DRA: how a 4-SoC job asks: "constraint" (4 SoCs, matchAttribute cardID, the stack's
+    #: template) or "card" (1 device of the whole-card class; needs partitions)
+    four_soc: str = manifests.FOUR_SOC_CONSTRAINT
 
 
 async def _nodes(kube: Kube, names: list[str], socs: int, dra: bool, timeout: float) -> float:
@@ -82,26 +90,59 @@ async def _watch(kube: Kube, path: str, handle: Callable[[str, Json], None]) -> 
 
 
 async def _slices(kube: Kube, pubs: Publishers, n: int) -> Json:
-    """Writes and reads of resourceslices per node: first sync, idle resync."""
+    """Writes and reads of resourceslices per node (the API server's count): first sync, idle
+    resync."""
     out: Json = {}
-    before = slice_requests(await kube.text("/metrics"))
     for label in ("start", "idle"):
-        seconds = await pubs.sync_all()
-        after = slice_requests(await kube.text("/metrics"))
-        out[label] = {"writes_per_node": (after["writes"] - before["writes"]) / n,
-                      "reads_per_node": (after["reads"] - before["reads"]) / n,
-                      "seconds": round(seconds, 2)}
-        before = after
+        out[label] = await _round(kube, pubs, n)
+    return out
+
+
+async def _round(kube: Kube, pubs: Publishers, n: int, want: Any = None) -> Json:
+    """One sync of every node's publisher (to `want`): the API server's resourceslices
+    requests per node, and the most any node's publisher says it wrote."""
+    before = slice_requests(await kube.text("/metrics"))
+    done = await pubs.sync_all(want)
+    after = slice_requests(await kube.text("/metrics"))
+    return {"writes_per_node": (after["writes"] - before["writes"]) / n,
+            "reads_per_node": (after["reads"] - before["reads"]) / n, **done.summary()}
+
+
+async def _write_scenarios(kube: Kube, pubs: Publishers, n: int) -> Json:
+    """What the drivers write when nothing changes for an hour, when one SoC on every node
+    fails and comes back, and when every node's kubelet restarts at once."""
+    out: Json = {"idle_after_jobs": await _round(kube, pubs, n)}
+    idle = out["idle_after_jobs"]
+    out["idle_hour"] = {"resync_seconds": RESYNC_SECONDS,
+                        "resyncs": 3600 / RESYNC_SECONDS,
+                        "writes_per_node": 3600 / RESYNC_SECONDS * idle["writes_per_node"],
+                        "reads_per_node": 3600 / RESYNC_SECONDS * idle["reads_per_node"]}
+    layout = pubs.layout
+    if layout.one_unhealthy is not None:
+        out["health_change"] = await _round(kube, pubs, n, layout.one_unhealthy)
+        out["health_back"] = await _round(kube, pubs, n, layout.healthy)
+    before = slice_requests(await kube.text("/metrics"))
+    restart = await pubs.rewrite_after_wipe(kube)
+    after = slice_requests(await kube.text("/metrics"))
+    # the API server's count: N deletes of the collection (the kubelets'), then the drivers'
+    restart["api_writes_per_node"] = (after["writes"] - before["writes"]) / n
+    out["kubelet_restart_all"] = restart
+    out["after_restart_idle"] = await _round(kube, pubs, n)
     return out
 
 
 async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | None,
                plan: Plan, layout: NodeLayout) -> Json:
     kube = Kube(cp.api.url, cp.api.token)
-    tracker = Tracker(placements([d.to_dict() for d in layout.devices]), dra)
+    tracker = Tracker(placements([d.to_dict() for d in layout.devices]), dra,
+                      members=layout.members)
     names = [f"kwok-{i:04d}" for i in range(n)]
     result: Json = {"nodes": n, "mode": "dra" if dra else "device-plugin", "client_qps": qps,
                     "phases": {}}
+    if dra:
+        result["dra_devices"] = {"partitions": layout.partitions, "four_soc": plan.four_soc,
+                                 "devices_per_node": len(layout.devices),
+                                 "counter_sets_per_node": len(layout.counter_sets)}
     readings: list[tuple[str, procstat.Reading]] = [("start", procstat.read(cp.pids))]
     watches: list[asyncio.Task[None]] = []
     pubs: Publishers | None = None
@@ -116,7 +157,8 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
                 await kube.create("/apis/resource.k8s.io/v1/deviceclasses", obj)
             for size in sorted({1, 2, 4}):
                 await kube.create(f"/apis/resource.k8s.io/v1/namespaces/{manifests.NAMESPACE}"
-                                  "/resourceclaimtemplates", manifests.claim_template(size))
+                                  "/resourceclaimtemplates",
+                                  manifests.claim_template(size, plan.four_soc))
             pubs = Publishers(cp.api.kubeconfig, names, layout)
             result["slices"] = await _slices(kube, pubs, n)
             await asyncio.sleep(2.0)  # the scheduler's informer has the slices
@@ -171,11 +213,7 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
             await step(f"churn-{load_share}", load.churn(
                 target, f"churn-{load_share}", plan.churn_rate, plan.churn_seconds))
         if pubs is not None:
-            before = slice_requests(await kube.text("/metrics"))
-            await pubs.sync_all()
-            after = slice_requests(await kube.text("/metrics"))
-            result["slices"]["idle_after_jobs"] = {
-                "writes_per_node": (after["writes"] - before["writes"]) / n}
+            result["slices"].update(await _write_scenarios(kube, pubs, n))
         else:
             result["extended_resource_at_end"] = await _extended_ok(kube, layout.socs)
         # every phase, summarised again now: a job bound after its phase ended counts too

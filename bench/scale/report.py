@@ -109,11 +109,32 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
             (f"{ph}: 4-SoC waits while a card had room (bench's view)",
              _at(*p, "waited_4soc_while_a_card_had_room")),
         ]
+    sl = "slices"
     rows += [
-        ("slice writes per node, start", _at("slices", "start", "writes_per_node")),
-        ("slice writes per node, idle resync", _at("slices", "idle", "writes_per_node")),
-        ("slice writes per node, idle after jobs",
-         _at("slices", "idle_after_jobs", "writes_per_node")),
+        ("DRA devices (counter sets) per node", _with(("dra_devices", "devices_per_node"),
+                                                      ("dra_devices", "counter_sets_per_node"))),
+        ("DRA 4-SoC claim", _at("dra_devices", "four_soc")),
+        ("slice writes per node, start", _at(sl, "start", "writes_per_node")),
+        ("slice writes per node, idle resync", _at(sl, "idle", "writes_per_node")),
+        ("slice writes per node, idle after jobs", _at(sl, "idle_after_jobs", "writes_per_node")),
+        ("slice writes (lists) per node per idle hour",
+         _with((sl, "idle_hour", "writes_per_node"), (sl, "idle_hour", "reads_per_node"))),
+        ("slice writes per node, one SoC fails (most on a node)",
+         _with((sl, "health_change", "writes_per_node"),
+               (sl, "health_change", "writes_per_node_max"))),
+        ("slice writes per node, the SoC recovers (most on a node)",
+         _with((sl, "health_back", "writes_per_node"),
+               (sl, "health_back", "writes_per_node_max"))),
+        ("kubelet restart on every node: slices per node wiped",
+         _at(sl, "kubelet_restart_all", "slices_per_node")),
+        ("  drivers' writes per node, mean (most on a node)",
+         _with((sl, "kubelet_restart_all", "writes_per_node_mean"),
+               (sl, "kubelet_restart_all", "writes_per_node_max"))),
+        ("  API writes per node (the kubelet's delete + the driver's)",
+         _at(sl, "kubelet_restart_all", "api_writes_per_node")),
+        ("  every node's slices back after, s", _at(sl, "kubelet_restart_all", "all_back_s")),
+        ("  slice writes per node, idle resync after it",
+         _at(sl, "after_restart_idle", "writes_per_node")),
     ]
     rows += [(f"CPU {proc}, {first}, ms per pod bound", _at("cpu_ms_per_bound_pod", first, proc))
              for proc in PROCS]
@@ -195,7 +216,8 @@ def headline(result: Json) -> str:
     rows = ["| nodes, client rate | pods/s, first fill | control-plane CPU per pod, ms | "
             "scheduler CPU per pod, ms | creation->bound p50 / p99 at 0.85, s | "
             "4-SoC on one card at 0.85, % | 4-SoC waited at 0.85, % | "
-            "slice writes per node: start, idle | RSS apiserver / etcd / scheduler, MB |",
+            "slice writes per node: start, idle, SoC fails, all kubelets restart | "
+            "RSS apiserver / etcd / scheduler, MB |",
             "|---|---|---|---|---|---|---|---|---|"]
     by: dict[tuple[int, str], dict[str, Json]] = {}
     for r in result["runs"]:
@@ -216,6 +238,8 @@ def headline(result: Json) -> str:
             f"| {_pair(dp, dra, _at('phases', ph, 'one_card_4soc_pct'), False)} "
             f"| {_pair(dp, dra, _at('phases', ph, 'waited_4soc_pct'), False)} "
             f"| {_fmt(_get(dra, 'slices', 'start', 'writes_per_node'))}, "
-            f"{_fmt(_get(dra, 'slices', 'idle', 'writes_per_node'))} "
+            f"{_fmt(_get(dra, 'slices', 'idle', 'writes_per_node'))}, "
+            f"{_fmt(_get(dra, 'slices', 'health_change', 'writes_per_node'))}, "
+            f"{_fmt(_get(dra, 'slices', 'kubelet_restart_all', 'writes_per_node_mean'))} "
             f"| {_rss(dp)} ; {_rss(dra)} |")
     return "\n".join(rows)

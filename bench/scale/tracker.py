@@ -75,6 +75,8 @@ class Tracker:
     cards_with_room: int = 0
     claims: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)  # -> pod, node, ids
     events: int = 0
+    #: DRA: a published device -> the SoC devices it uses (a whole card: its four); none: SoCs
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.card_of = {p.device_id: p.card for p in self.layout}
@@ -157,7 +159,7 @@ class Tracker:
         if not owners or not results:
             return
         node = results[0]["pool"]
-        ids = [r["device"] for r in results]
+        ids = [s for r in results for s in self.members.get(r["device"], (r["device"],))]
         self.claims[name] = (owners[0], node, ids)
         rec = self.pods.get(owners[0])
         if rec is not None and rec.size == ROOM:
