@@ -1,4 +1,5 @@
-"""Shared fixtures: a driver-accurate fake node, the kubelet simulator, the plugin process."""
+"""Shared fixtures: a driver-accurate fake node, the kubelet simulator, the plugin process, a
+short scratch directory and a real kube-apiserver + etcd per module."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.apiserver import ApiServer
 from qaic_device_plugin.sim.kubelet import KubeletSim
 from qaic_device_plugin.sim.node import DEMO_CARDS, FakeNode
 from qaic_device_plugin.sim.process import PluginProcess, node_env
@@ -31,6 +33,25 @@ def plugin_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="qaic-dp-"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def dirs() -> Iterator[Path]:
+    """A short scratch directory for sockets, CDI specs and checkpoints (Unix socket paths are
+    limited to 107 characters)."""
+    d = Path(tempfile.mkdtemp(prefix="qaic-t-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[ApiServer]:
+    """The real etcd + kube-apiserver of the tool cache, one per test module (a module's tests
+    share its objects; modules that use it skip when the binaries are not built)."""
+    work = Path(tempfile.mkdtemp(prefix="qaic-api-"))
+    with ApiServer.start(work) as server:
+        yield server
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +54,11 @@ SYSTEM = "qaic-system"
 SA = "qaic-device-plugin"
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    work = Path(tempfile.mkdtemp(prefix="qaic-api-"))
-    with ApiServer.start(work) as server:
-        yield server
-    shutil.rmtree(work, ignore_errors=True)
-
-
 @pytest.fixture
 async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(config=KubeConfig.from_file(api.kubeconfig))
     yield c
     await c.close()
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-drs-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def camel(rule: dict[str, Any]) -> dict[str, Any]:

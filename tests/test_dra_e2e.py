@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +37,11 @@ NODE = "node-1"
 ADMIN_NS = "qaic-admin"
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    work = Path(tempfile.mkdtemp(prefix="qaic-api-"))
-    with ApiServer.start(work) as server:
-        yield server
-    shutil.rmtree(work, ignore_errors=True)
-
-
 @pytest.fixture
 async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(config=KubeConfig.from_file(api.kubeconfig))
     yield c
     await c.close()
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-dra-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def dra_env(api: ApiServer, node: FakeNode, dirs: Path, metrics_port: int = 0) -> dict[str, str]:

@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,13 +39,6 @@ from qaic_device_plugin.sim.process import PluginProcess, node_env, plugin_comma
 
 UID_A, UID_B, UID_C = (f"0000000{i}-1111-2222-3333-444444444444" for i in "abc")
 QUIET_SECONDS = 2.0  # the window in which a spinning pair re-bound ~80 times
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-dri-"))  # short: Unix socket paths are limited
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

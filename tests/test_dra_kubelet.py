@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -88,13 +86,6 @@ class Driver(DraDriver):
 
     async def unprepare(self, ref: ClaimRef, devices: Sequence[PreparedDevice]) -> None:
         self.unprepared.append((ref.uid, tuple(d.device for d in devices)))
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-dra-"))  # short: Unix socket paths are limited
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def make_plugin(dirs: Path, driver: Driver, claims: Claims | None = None) -> DraPlugin:

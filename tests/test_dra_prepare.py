@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +98,6 @@ class Driver:
         if self.plugin is not None:
             await self.plugin.close()
             self.plugin = None
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-drap-"))  # short: Unix socket paths are limited
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

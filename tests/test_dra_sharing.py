@@ -15,9 +15,7 @@ and Unix sockets to the kubelet stand-in, on a fake node written like the kernel
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +40,6 @@ from qaic_device_plugin.sim.node import FakeNode
 
 NODE = "node-1"
 SHARE = [f"0a1b2c3d-0000-4000-8000-00000000000{i}" for i in range(4)]
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-drs-"))  # short: Unix socket paths are limited
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

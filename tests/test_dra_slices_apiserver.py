@@ -6,10 +6,8 @@ a 253-character node name, and a refused write visible in /readyz and /metrics."
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,6 @@ NODE = "node-1"
 Slices = dict[str, dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    work = Path(tempfile.mkdtemp(prefix="qaic-api-slices-"))
-    with ApiServer.start(work) as server:
-        yield server
-    shutil.rmtree(work, ignore_errors=True)
-
-
 @pytest.fixture
 async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(config=KubeConfig.from_file(api.kubeconfig))
@@ -54,13 +44,6 @@ async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
         assert s.metadata is not None and s.metadata.name is not None
         await c.delete(ResourceSlice, s.metadata.name)
     await c.close()
-
-
-@pytest.fixture
-def dirs() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="qaic-dra-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Driver:

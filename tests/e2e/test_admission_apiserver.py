@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,12 +59,6 @@ def pod(name: str, resources: dict[str, str], *, init: bool = False) -> str:
 
 def create(api: ApiServer, manifest: str) -> subprocess.CompletedProcess[str]:
     return kubectl(api, "create", "--dry-run=server", "-o", "name", "-f", "-", stdin=manifest)
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    with ApiServer.start(Path(tempfile.mkdtemp(prefix="qaic-vap-"))) as server:
-        yield server
 
 
 MIXED = {"qualcomm.com/qaic-ultra": "4", "qualcomm.com/qaic-pro": "1"}

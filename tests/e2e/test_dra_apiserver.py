@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +67,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[PulumiCli, Path]
     proc = cli.run("up", "--yes", "--stack", STACK)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return cli, checkout / "out" / "manifests" / STACK / "1-manifest"
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    with ApiServer.start(Path(tempfile.mkdtemp(prefix="qaic-dra-vap-"))) as server:
-        yield server
 
 
 def test_api_server_accepts_every_rendered_object_and_the_policy_keeps_slices_on_their_node(

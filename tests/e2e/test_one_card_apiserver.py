@@ -119,12 +119,6 @@ def rewritten(api: ApiServer, namespace: str = "default") -> bool:
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[ApiServer]:
-    with ApiServer.start(Path(tempfile.mkdtemp(prefix="qaic-one-card-"))) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def ruled(api: ApiServer) -> ApiServer:
     apply(api, *rule_objects())
     eventually("the rule enforced", lambda: rewritten(api))
