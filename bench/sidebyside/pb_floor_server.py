@@ -8,8 +8,8 @@ them and ours says where an Allocate miss comes from. Run as a script:
     python bench/sidebyside/pb_floor_server.py /tmp/x/pb.sock
 """
 
-# (the servicer base class comes from the untyped grpc stubs; pyproject.toml's override still
-# names this module by its old path, bench.pb_floor_server)
+# (the servicer base class comes from the untyped grpc stubs: pyproject.toml's mypy override
+# for bench.sidebyside.pb_floor_server allows subclassing it)
 
 from __future__ import annotations
 
