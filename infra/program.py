@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.cluster_apis import require_served
+from infra.cluster_pools import check_pools
 from infra.components.device_plugin import DevicePlugin, DevicePluginArgs
 from infra.components.image import PluginImage, PluginImageArgs
 from infra.components.workloads import Workloads, WorkloadsArgs
@@ -104,6 +105,14 @@ def main() -> Program:
         settings = settings_from_pulumi()
         # The cluster serves what the settings ask for, before anything is declared.
         require_served(pulumi.get_stack(), settings)
+        # Its nodes: the pool this stack selects has nodes, no other stack serves them.
+        pools = check_pools(pulumi.get_stack(), settings)
+        for line in pools.warnings:
+            pulumi.log.warn(line)
+        if pools.errors:
+            for line in pools.errors:
+                pulumi.log.error(line)
+            raise SystemExit(SHOWN_ERROR_EXIT)
         program = run(settings)
     except ConfigError as exc:
         pulumi.log.error(str(exc))

@@ -15,6 +15,13 @@ from qaic_device_plugin.config.contracts import RESOURCE_PREFIX
 
 POLICY_NAME = "qaic-one-resource-per-container"
 
+
+def policy_name(namespace: str) -> str:
+    """The policy's (and its binding's) name for the stack deploying into `namespace`. Two
+    stacks in SKU mode on one cluster (two node pools) each own a copy with the same rule,
+    so destroying one stack leaves the other's in place; both deny the same pods."""
+    return f"{POLICY_NAME}-{namespace}"
+
 #: One container's qaic resource names, requests and limits together (keys may repeat).
 _NAMES = (
     "((has(c.resources) && has(c.resources.requests) ? "
@@ -53,5 +60,6 @@ def policy_spec() -> k8s.admissionregistration.v1.ValidatingAdmissionPolicySpecA
     }
 
 
-def binding_spec() -> k8s.admissionregistration.v1.ValidatingAdmissionPolicyBindingSpecArgsDict:
-    return {"policy_name": POLICY_NAME, "validation_actions": ["Deny"]}
+def binding_spec(name: str = POLICY_NAME,
+                 ) -> k8s.admissionregistration.v1.ValidatingAdmissionPolicyBindingSpecArgsDict:
+    return {"policy_name": name, "validation_actions": ["Deny"]}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.admission import POLICY_NAME, binding_spec, policy_spec
+from infra.components.admission import binding_spec, policy_name, policy_spec
 from infra.components.dra_driver import DraDriver, DraDriverArgs
 from infra.components.plugin_pod import (
     APP_NAME,
@@ -35,6 +35,7 @@ from infra.components.plugin_pod import (
     daemonset_spec,
     labels,
     pod_spec,
+    stack_annotations,
 )
 from infra.settings import StackSettings
 
@@ -147,7 +148,8 @@ class DevicePlugin(pulumi.ComponentResource):
     ) -> None:
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
-            metadata={"name": APP_NAME, "namespace": namespace, "labels": labels()},
+            metadata={"name": APP_NAME, "namespace": namespace, "labels": labels(),
+                      "annotations": stack_annotations()},
             spec=daemonset_spec(
                 APP_NAME, labels(),
                 pod_spec(s, args.image_ref, self.service_account.metadata.name),
@@ -156,16 +158,17 @@ class DevicePlugin(pulumi.ComponentResource):
             opts=with_ns,
         )
         if s.sku_based_resources:
+            rule = policy_name(s.namespace)
             policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
                 f"{name}-one-resource-policy",
-                metadata={"name": POLICY_NAME, "labels": labels("admission")},
+                metadata={"name": rule, "labels": labels("admission")},
                 spec=policy_spec(),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             binding = k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
                 f"{name}-one-resource-binding",
-                metadata={"name": POLICY_NAME, "labels": labels("admission")},
-                spec=binding_spec(),
+                metadata={"name": rule, "labels": labels("admission")},
+                spec=binding_spec(rule),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
             )
             self.admission = [policy, binding]

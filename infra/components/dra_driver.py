@@ -33,7 +33,7 @@ from infra.components.dra_objects import (
 )
 from infra.components.dra_pod import dra_pod_spec
 from infra.components.one_card import OneCardRule, OneCardRuleArgs
-from infra.components.plugin_pod import daemonset_spec
+from infra.components.plugin_pod import daemonset_spec, stack_annotations
 from infra.settings import StackSettings
 
 TYPE_TOKEN = "qaic-k8s:index:DraDriver"
@@ -132,7 +132,8 @@ class DraDriver(pulumi.ComponentResource):
         ds_spec["update_strategy"] = SURGE_UPDATE
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
-            metadata={"name": DRA_APP_NAME, "namespace": args.namespace, "labels": dra_labels()},
+            metadata={"name": DRA_APP_NAME, "namespace": args.namespace, "labels": dra_labels(),
+                      "annotations": stack_annotations()},
             spec=ds_spec,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
                 *args.depends_on, self.role_binding, self.slice_binding,

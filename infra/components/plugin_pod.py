@@ -33,6 +33,9 @@ POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
 SDK_DIR = "/opt/qti-aic"  # where the plugin looks for tools/qaic-util
 NFD_MOUNT = "/etc/kubernetes/node-feature-discovery/features.d"
 PULL_SECRET_NAME = "qaic-registry"
+#: On each DaemonSet: the Pulumi stack that deploys it, so a stack's preview tells its own
+#: DaemonSets from another stack's on the same cluster (infra/cluster_pools.py).
+STACK_ANNOTATION = "qualcomm.com/qaic-k8s-stack"
 
 
 def labels(component: str = "device-plugin") -> dict[str, str]:
@@ -42,6 +45,10 @@ def labels(component: str = "device-plugin") -> dict[str, str]:
         "app.kubernetes.io/part-of": "qaic-k8s",
         "app.kubernetes.io/managed-by": "pulumi",
     }
+
+
+def stack_annotations() -> dict[str, str]:
+    return {STACK_ANNOTATION: pulumi.get_stack()}
 
 
 def _bool(value: bool) -> str:

@@ -27,10 +27,14 @@ def plugin_objects(sku_mode: bool) -> list[dict[str, Any]]:
 
 def test_policy_and_binding_only_in_sku_mode_and_strictly_valid() -> None:
     on = {o["kind"]: o for o in plugin_objects(sku_mode=True)}
+    # Named after the stack's namespace (default qaic-system): two SKU-mode stacks on one
+    # cluster each own theirs, and destroying one leaves the other's rule in place.
+    name = f"{POLICY_NAME}-qaic-system"
     assert on["ValidatingAdmissionPolicyBinding"]["spec"] == {
-        "policyName": POLICY_NAME, "validationActions": ["Deny"]}
+        "policyName": name, "validationActions": ["Deny"]}
+    assert on["ValidatingAdmissionPolicyBinding"]["metadata"]["name"] == name
     policy = on["ValidatingAdmissionPolicy"]
-    assert policy["metadata"]["name"] == POLICY_NAME
+    assert policy["metadata"]["name"] == name
     assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["pods"]
     assert policy["spec"]["validations"][0]["message"] == MESSAGE
     for obj in (policy, on["ValidatingAdmissionPolicyBinding"]):
@@ -100,3 +104,19 @@ def test_rendered_policy_carries_the_tested_expression() -> None:
     assert policy["spec"]["variables"] == [{"name": "containers", "expression": CONTAINERS}]
     assert policy["spec"]["validations"][0]["expression"] == EXPRESSION
 
+
+
+def test_two_sku_mode_stacks_each_own_their_rule() -> None:
+    """Two node pools in SKU mode, one stack each (namespaces qaic-pool-a and -b): their
+    policies and bindings have different names, so neither stack's update or destroy touches
+    the other's (pulumi-kubernetes 4.25 would upsert one object for both, and the first
+    destroy would delete it under the other pool)."""
+    def names(namespace: str) -> set[str]:
+        s = load_settings("unit", {"skuBasedResources": "true", "namespace": namespace})
+        mocks, _ = run_components(lambda: {"ds": DevicePlugin(
+            "dp", DevicePluginArgs(settings=s, image_ref="reg/qaic:1")).daemonset_name})
+        return {o["metadata"]["name"] for o in kubernetes_objects(mocks)
+                if o["kind"].startswith("ValidatingAdmissionPolicy")}
+
+    a, b = names("qaic-pool-a"), names("qaic-pool-b")
+    assert a == {f"{POLICY_NAME}-qaic-pool-a"} and b == {f"{POLICY_NAME}-qaic-pool-b"}

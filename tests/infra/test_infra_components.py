@@ -158,6 +158,8 @@ def test_daemonset_runs_exactly_the_image_with_hardened_settings(
     assert ds["metadata"] == {
         "name": "qaic-device-plugin", "namespace": "qaic-system",
         "labels": ds["metadata"]["labels"],
+        # which stack deploys it: another stack's preview tells it from its own
+        "annotations": {"qualcomm.com/qaic-k8s-stack": "unit"},
     }
     assert ds["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}

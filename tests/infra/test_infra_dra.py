@@ -238,7 +238,10 @@ def test_dra_daemonset_env_mounts_and_hardening() -> None:
         "/var/lib/kubelet/plugins/qaic.qualcomm.com")
     assert host["cdi"] == mounts["cdi"]["mountPath"] == "/etc/cdi"
     assert {"sys", "dev", "qaic-sdk"} <= set(host)
-    assert "device-plugins" not in host and "pod-resources" not in host and "udev" not in host
+    # Read-only: which SoCs pods of the device-plugin mode still hold (moving between modes).
+    assert host["pod-resources"] == mounts["pod-resources"]["mountPath"] == (
+        "/var/lib/kubelet/pod-resources")
+    assert "device-plugins" not in host and "udev" not in host
     sc = c["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
@@ -372,3 +375,9 @@ def test_dra_objects_are_children_of_the_dra_driver_component() -> None:
         assert any(f"{driver}${child}::{name}" in u for u in urns), child
     templates = "qaic-k8s:index:Workloads$kubernetes:resource.k8s.io/v1:ResourceClaimTemplate"
     assert any(f"{templates}::qaic-samples-qaic-ultra-4soc-claims" in u for u in urns)
+
+
+def test_the_driver_daemonset_names_its_stack() -> None:
+    """Another stack's preview (infra/cluster_pools.py) tells this DaemonSet by it."""
+    ds = objects(run_dra(), "DaemonSet")["qaic-dra-driver"]
+    assert ds["metadata"]["annotations"] == {"qualcomm.com/qaic-k8s-stack": "unit"}
