@@ -79,27 +79,33 @@ async def test_device_plugin_use_keeps_only_the_names_asked_for(sock_dir: Path) 
     assert use.offered == () and not use.idle
 
 
-async def test_held_and_served_socs_are_withheld_until_released(
+async def test_held_socs_are_withheld_until_released(
         sock_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The operator's `pulumi up` to DRA mode: while the old device plugin still serves, every
-    SoC it serves is withheld (kubelet could give one to a new pod); once it is gone, only the
-    SoCs a running pod holds (a shared SoC's replica ID counts as its SoC); once that pod
-    ends, nothing, and kubelet is not asked again."""
+    """The operator's `pulumi up` to DRA mode: the SoCs running pods hold (a shared SoC's
+    replica ID counts as its SoC) are withheld, the old device plugin's free ones are not
+    (the update would deadlock on the new mode's samples). While the device plugin serves,
+    kubelet is asked again, so a SoC it gives a new pod is withdrawn; once it has stopped
+    and the pods have ended, nothing is withheld and kubelet is not asked again."""
     caplog.set_level(logging.INFO)
     a, b, c = "0000:35:00.0", "0000:36:00.0", "0000:90:00.0"
+    ultra = "qualcomm.com/qaic-ultra"
     async with PodResourcesSim(sock_dir / "kubelet.sock") as sim:
-        sim.set_held([pod("train", a, f"{b}::1", resource="qualcomm.com/qaic-ultra")])
-        sim.set_allocatable([served(a, f"{b}::0", f"{b}::1", c,
-                                    resource="qualcomm.com/qaic-ultra")])
+        sim.set_held([pod("train", a, f"{b}::1", resource=ultra)])
+        sim.set_allocatable([served(a, f"{b}::0", f"{b}::1", c, resource=ultra)])
         socs = DevicePluginSocs(sim.socket, poll_seconds=0.05)
         assert await socs.poll()
-        assert set(socs.withheld) == {a, b, c} and not socs.done
+        assert set(socs.withheld) == {a, b} and socs.served == 3 and not socs.done
         assert "held by ml/train (main) under qualcomm.com/qaic-ultra" in socs.withheld[a]
 
         changes: asyncio.Queue[frozenset[str]] = asyncio.Queue()
         follow = asyncio.create_task(
             socs.follow(lambda: changes.put_nowait(frozenset(socs.withheld))))
-        sim.set_allocatable([])  # the device plugin's pod is gone
+        # a new pod admitted through the device plugin while it still serves
+        sim.set_held([*sim.held, pod("late", c)])
+        async with asyncio.timeout(5):
+            assert await changes.get() == {a, b, c}
+        sim.set_allocatable([])  # the device plugin's pod is gone: still held, still asked
+        sim.set_held([pod("train", a, f"{b}::1", resource=ultra)])
         async with asyncio.timeout(5):
             assert await changes.get() == {a, b}
         sim.set_held([])  # the pod is deleted

@@ -19,6 +19,11 @@ Privileges it keeps, and why (docs/provisioning.md and docs/dra.md repeat this):
   QAIC_VISIBLE_DEVICES.
 - hostPaths of sysfs, /dev and the Platform SDK read-only: discovery and health, as in
   device-plugin mode.
+- hostPath /var/lib/kubelet/pod-resources read-only: kubelet's PodResources socket. After a
+  move from device-plugin mode, the driver asks it which SoCs running pods still hold under
+  ``qualcomm.com/qaic*`` (and whether the old device plugin still serves) and publishes those
+  SoCs only once released (dra/device_plugin_socs.py); without it a SoC such a pod holds
+  could be allocated to a claim too. A socket can be connected to on a read-only mount.
 - a service-account token (automounted, bound to the pod): the driver writes its node's
   ResourceSlices, reads the claims it prepares and writes its entries in their status.
   Bound to the pod, the token names the node, which the ResourceSlice admission policy and
@@ -26,8 +31,8 @@ Privileges it keeps, and why (docs/provisioning.md and docs/dra.md repeat this):
 - the metrics port (`metricsPort`, in the pod's own network namespace): /metrics, and the
   liveness (/healthz) and readiness (/readyz: registered with kubelet, slices written) probes.
 Not kept, unlike device-plugin mode: hostNetwork (the DRA mode listens to no uevents; inotify
-on /dev/accel and the rescan find changes), /run/udev, the device-plugins and pod-resources
-directories, NFD feature files.
+on /dev/accel and the rescan find changes), /run/udev, the device-plugins directory, NFD
+feature files.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.plugin_pod import (
+    POD_RESOURCES_DIR,
     PULL_SECRET_NAME,
     hardened_container,
     host_path,
@@ -92,6 +98,9 @@ def dra_volumes_and_mounts(
         host_path("driver-dir", DRIVER_DIR, DRIVER_DIR, read_only=False,
                   kind="DirectoryOrCreate"),
         host_path("cdi", s.cdi_dir, s.cdi_dir, read_only=False, kind="DirectoryOrCreate"),
+        # Which SoCs pods of the device-plugin mode still hold (moving between modes).
+        host_path("pod-resources", POD_RESOURCES_DIR, POD_RESOURCES_DIR, read_only=True,
+                  kind="DirectoryOrCreate"),
         *node_paths(s),
     ])
 

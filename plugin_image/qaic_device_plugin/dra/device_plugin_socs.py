@@ -1,21 +1,28 @@
 """The move from device-plugin mode to DRA mode (docs/provisioning.md#moving-between-modes):
-SoCs the device-plugin mode still holds or can still hand out on this node are left out of
-the driver's ResourceSlices until they are free of it.
+SoCs that running pods of the device-plugin mode still hold on this node are left out of
+the driver's ResourceSlices until those pods release them.
 
 Which: every SoC a running container holds under a `qualcomm.com/qaic*` resource (device ID
-`<pci>` or `<pci>::<n>` with shares, qaic/resources.py), and every SoC a device plugin on
-the node still serves (the old DaemonSet is deleted only at the end of the `pulumi up` that
-starts this driver; until then kubelet may still give its SoCs to a new pod). Left out means
-not published at all: neither the SoC device nor a card or part containing it (a card is
-offered only with all its SoCs, dra/cards.py), nor that card's counter set; the card's other
-SoCs are offered on their own meanwhile, as after a hot-remove.
+`<pci>` or `<pci>::<n>` with shares, qaic/resources.py). Left out means not published at
+all: neither the SoC device nor a card or part containing it (a card is offered only with
+all its SoCs, dra/cards.py), nor that card's counter set; the card's other SoCs are offered
+on their own meanwhile, as after a hot-remove.
 
-When: asked at start, before the first slice is written, then every POLL_SECONDS while
-anything is withheld or the API could not be asked (PodResources v1 has no Watch: kubelet
-answers List from memory in milliseconds, so a poll is cheap). A released SoC is published
-within POLL_SECONDS plus one slice write. Once nothing is held and no device plugin serves,
-the question is never asked again: nothing can bring device-plugin holdings back under a
-running DRA driver short of a second stack on the same node, which the stack refuses.
+Not withheld: the free SoCs the old device plugin still serves. The `pulumi up` that starts
+this driver deletes the old DaemonSet only at its end, after the samples of the new mode run
+(they need DRA devices): withholding every served SoC would deadlock that update. While the
+device plugin serves, a new pod asking `qualcomm.com/qaic` is still given SoCs by it (the
+scheduler leaves an extended resource to DRA only where the node's allocatable is 0), so
+kubelet is asked again while it serves, and a SoC such a pod takes is withdrawn at the next
+poll. A claim allocated that SoC within that poll period would share it: the operator's
+guide says not to start qaic workloads during the switch.
+
+When: asked at start, before the first slice is written, then every POLL_SECONDS while a
+SoC is withheld, the device plugin serves, or kubelet did not answer (PodResources v1 has no
+Watch; kubelet answers from memory in milliseconds, so a poll is cheap). A released SoC is
+published within POLL_SECONDS plus one slice write. Once nothing is held and no device
+plugin serves (GetAllocatableResources lists nothing of ours: kubelet empties it the moment
+the plugin's endpoint goes), kubelet is never asked again.
 
 PodResources missing or not answering: said once, and every SoC is published. Kubelet always
 serves the socket (it cannot be turned off), so missing means the DaemonSet does not mount it
@@ -45,16 +52,18 @@ POLL_SECONDS = 2.0
 
 
 class DevicePluginSocs:
-    """Which SoCs to leave out of the slices because the device-plugin mode has them."""
+    """Which SoCs to leave out of the slices because pods of the device-plugin mode hold
+    them."""
 
     def __init__(self, socket: Path, *, poll_seconds: float = POLL_SECONDS,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._socket = socket
         self.poll_seconds = poll_seconds
         self._timeout = timeout
-        #: PCI address -> why it is withheld (who holds it, or the device plugin serving it).
+        #: PCI address -> why it is withheld (who holds it, under which name and ID).
         self.withheld: dict[str, str] = {}
         self.unavailable = False
+        self.served = 0  # SoCs a device plugin on the node serves (as of the last poll)
         self.done = False  # asked, and nothing held or served: never asked again
 
     def offerable(self, socs: Sequence[SocState]) -> list[SocState]:
@@ -78,10 +87,16 @@ class DevicePluginSocs:
             log.info("kubelet PodResources API answers again",
                      extra={"event": "pod_resources_available"})
         self.unavailable = False
+        served = len({soc_of(d) for r in use.offered for d in r.device_ids})
+        if served and not self.served:
+            log.warning("a device plugin on this node still serves SoCs; a pod it gives one "
+                        f"to is seen within {self.poll_seconds:g} s", extra={
+                            "event": "device_plugin_serving", "socs": served})
+        elif self.served and not served:
+            log.info("the device plugin on this node stopped serving",
+                     extra={"event": "device_plugin_stopped"})
+        self.served = served
         why: dict[str, str] = {}
-        for r in use.offered:
-            for did in r.device_ids:
-                why.setdefault(soc_of(did), f"served by a device plugin as {r.resource_name}")
         for c in sorted(use.held, key=lambda c: (c.namespace, c.pod, c.container)):
             for did in c.device_ids:
                 why[soc_of(did)] = (f"held by {c.namespace}/{c.pod} ({c.container}) under "
@@ -105,8 +120,9 @@ class DevicePluginSocs:
         return why.keys() != old.keys()
 
     async def follow(self, changed: Callable[[], None]) -> None:
-        """Poll while anything is withheld or kubelet did not answer, calling `changed` when
-        the withheld SoCs change; then idle for good (the caller's loop must not end)."""
+        """Poll while anything is withheld, a device plugin serves or kubelet did not answer,
+        calling `changed` when the withheld SoCs change; then idle for good (the caller's
+        loop must not end)."""
         while not self.done:
             await asyncio.sleep(self.poll_seconds)
             if await self.poll():
