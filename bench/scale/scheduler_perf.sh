@@ -43,6 +43,11 @@ fi
 src=$(cd "$TOOLS/.build/scheduler-perf" 2>/dev/null && go list -m -f '{{.Dir}}' "$m" 2>/dev/null \
       || go mod download -json "$m@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# -trimpath leaves the test API server's own package path relative to the module cache
+# (k8s.io/kubernetes@v.../cmd/kube-apiserver/app/testing), and it refuses a relative path
+# unless Bazel's two variables say where the sources are: they point it at the module cache.
+modcache=$(go env GOMODCACHE)
+export TEST_SRCDIR=$(dirname "$modcache") TEST_WORKSPACE=$(basename "$modcache")
 export PATH="$TOOLS/etcd-$ETCD_VERSION/bin:$PATH" KUBE_CACHE_MUTATION_DETECTOR=false \
   KUBE_INTEGRATION_ETCD_URL="http://127.0.0.1:$port" ARTIFACTS="$OUT"  # nothing listens there: own etcd
 for run in "dra $DRA" "misc $BASIC"; do
@@ -55,4 +60,15 @@ for run in "dra $DRA" "misc $BASIC"; do
     || log "$1.test failed (exit $?): see $OUT/$1.log"
   grep -E "^BenchmarkPerfScheduling" "$OUT/$1.log" || true
 done
+# The figures to quote: SchedulingThroughput (pods/s, sampled each second while the measured
+# pods are scheduled; no samples for runs shorter than that) and SchedulingDuration.
+python3 - "$OUT" <<'PY'
+import glob, json, sys
+for path in sorted(glob.glob(f"{sys.argv[1]}/BenchmarkPerfScheduling_*.json")):
+    for item in json.load(open(path))["dataItems"]:
+        metric, data = item["labels"].get("Metric"), item.get("data") or {}
+        if metric in ("SchedulingThroughput", "SchedulingDuration"):
+            print(f"{item['labels']['Name']}: {metric} "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in data.items()) + f" {item['unit']}")
+PY
 log "data items (JSON, SchedulingThroughput and latencies) in $OUT"
