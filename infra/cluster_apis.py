@@ -8,6 +8,9 @@ itself answers: a list for a resource type (404: not served) and a server-side d
 create for a field (dropped: feature off). A failure is one :class:`ConfigError` line naming
 the key, its value and the missing API.
 
+Leaving DRA mode is checked here too (infra/mode_switch.py): a device-plugin stack is refused
+while claims our driver allocated are in use on its nodes.
+
 Render mode never talks to a cluster, so nothing is probed; neither when no cluster can be
 reached (the provider then previews without one and reports that itself).
 """
@@ -27,6 +30,7 @@ from lightkube.resources.admissionregistration_v1 import MutatingAdmissionPolicy
 from lightkube.resources.resource_v1 import DeviceClass, ResourceSlice
 
 from infra.config import ConfigError
+from infra.mode_switch import claims_in_the_way
 from infra.settings import PROJECT, StackSettings
 from qaic_device_plugin.dra.backend import DRIVER_NAME
 
@@ -124,8 +128,11 @@ def require_served(stack: str, settings: StackSettings, client: Client | None = 
         return
     try:
         missing = probe(client, settings)
+        in_the_way = claims_in_the_way(stack, settings, client)
     except (httpx2.HTTPError, ApiError):
         return  # unreachable or refused: the provider reports it in its own words
+    if in_the_way:
+        raise ConfigError(in_the_way)
     if missing:
         m = missing[0]
         raise ConfigError(
