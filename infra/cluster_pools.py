@@ -17,14 +17,18 @@ dra_driver.dra_labels), and says it in one line naming the key and its value:
   driver's DeviceClasses, ClusterRole and binding, ResourceSlice policy and one-card policies
   are cluster-scoped objects with fixed names; a second stack would rewrite the first one's
   (the binding's subject, the policy's service account) and its destroy would delete them;
+- this stack runs sample workloads and its ``workloadNamespace`` holds another stack's
+  samples: refused (the samples have fixed names, and one stack's destroy would delete the
+  namespace with the other's samples in it);
 - the selector matches no node: a warning, and ``up`` goes on. A pool scaled to zero, or
   nodes that Node Feature Discovery has not labelled yet (the default selector is NFD's
   label), are normal states; the line says the DaemonSet runs nowhere until a node carries
   the labels.
 
-Which stack a DaemonSet belongs to is its annotation :data:`STACK_ANNOTATION` (every stack
-sets it). A DaemonSet without it (deployed before the annotation existed) counts as this
-stack's own when it is in this stack's namespace, and as another stack's elsewhere.
+Which stack a DaemonSet (or a samples namespace) belongs to is its annotation
+:data:`STACK_ANNOTATION` (every stack sets it). A DaemonSet without it (deployed before the
+annotation existed) counts as this stack's own when it is in this stack's namespace, and as
+another stack's elsewhere.
 
 Render mode never talks to a cluster, so nothing is checked; neither when no cluster can be
 reached (the provider reports that itself).
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 import httpx2
 from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import DaemonSet
-from lightkube.resources.core_v1 import Node
+from lightkube.resources.core_v1 import Namespace, Node
 
 from infra.cluster_apis import client_for
 from infra.components.dra_objects import DRA_APP_NAME
@@ -109,11 +113,31 @@ def _is_ours(d: Deployed, stack: str, settings: StackSettings) -> bool:
     return d.stack == stack or (d.stack is None and d.namespace == settings.namespace)
 
 
+def samples_owner(client: Client, settings: StackSettings) -> str | None:
+    """The stack whose samples are in this stack's ``workloadNamespace`` (None: no such
+    namespace, or one without the annotation)."""
+    if not settings.any_workload:
+        return None
+    try:
+        ns = client.get(Namespace, settings.workload_namespace)
+    except ApiError as e:
+        if e.status.code == 404:
+            return None
+        raise
+    return (ns.metadata.annotations or {}).get(STACK_ANNOTATION) if ns.metadata else None
+
+
 def check(stack: str, settings: StackSettings, nodes: Mapping[str, Mapping[str, str]],
-          found: list[Deployed]) -> PoolReport:
-    """The lines for `stack`, given the cluster's nodes (name -> labels) and the project's
-    DaemonSets on it."""
+          found: list[Deployed], samples_of: str | None = None) -> PoolReport:
+    """The lines for `stack`, given the cluster's nodes (name -> labels), the project's
+    DaemonSets on it and the stack whose samples are in its ``workloadNamespace``."""
     report = PoolReport()
+    if samples_of and samples_of != stack:
+        report.errors.append(
+            f"stack {stack!r}: '{PROJECT}:workloadNamespace' is "
+            f"{settings.workload_namespace!r}, where stack {samples_of!r} already runs its "
+            "samples; give each stack a workloadNamespace of its own (or the samples to one "
+            "stack).")
     mine = settings.node_selector_map
     selector = json.dumps(list(settings.node_selector))
     key = f"stack {stack!r}: '{PROJECT}:nodeSelector' is {selector!r}"
@@ -161,6 +185,7 @@ def check_pools(stack: str, settings: StackSettings, client: Client | None = Non
         nodes = {str(n.metadata.name): dict(n.metadata.labels or {})
                  for n in client.list(Node) if n.metadata is not None}
         found = deployed(client)
+        samples_of = samples_owner(client, settings)
     except (httpx2.HTTPError, ApiError):
         return PoolReport()  # unreachable or refused: the provider reports it in its own words
-    return check(stack, settings, nodes, found)
+    return check(stack, settings, nodes, found, samples_of)

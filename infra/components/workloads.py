@@ -27,6 +27,7 @@ import pulumi_kubernetes as k8s
 from infra.components.dra_classes import card_class_name
 from infra.components.dra_objects import ALL_SOCS_CLASS, CARD_ATTRIBUTE, sku_class_name
 from infra.components.monitor import declare_monitor
+from infra.components.plugin_pod import stack_annotations
 from infra.settings import StackSettings
 from workloads.dra_claims import claim_template_spec, four_socs_spec
 from workloads.samples import (
@@ -80,6 +81,8 @@ class Workloads(pulumi.ComponentResource):
                     "app.kubernetes.io/part-of": "qaic-k8s-samples",
                     "pod-security.kubernetes.io/enforce": "restricted",
                 },
+                # another stack's preview refuses to put its samples here (cluster_pools.py)
+                "annotations": stack_annotations(),
             },
             opts=pulumi.ResourceOptions(parent=self),
         )

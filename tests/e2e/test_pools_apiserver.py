@@ -145,3 +145,21 @@ def test_a_second_dra_stack_is_refused_even_on_another_pool(client: Client) -> N
                      nodeSelector=[f"{POOL}=b"]) == PoolReport()
     finally:
         client.delete(DaemonSet, DRA_APP_NAME, namespace="qaic-pool-a")
+
+
+def test_samples_in_another_stacks_workload_namespace_are_refused(client: Client) -> None:
+    """Operator situation: pool b's stack turns the samples on, and both stacks keep the
+    default workloadNamespace: pool a's samples are there (fixed names; a destroy of one stack
+    would delete the namespace under the other's). Refused; samples off, nothing to say."""
+    client.create(Namespace.from_dict({"metadata": {
+        "name": "qaic-workloads", "annotations": {STACK_ANNOTATION: "pool-a"}}}))
+    report = lines(client, "pool-b", namespace="qaic-pool-b", nodeSelector=[f"{POOL}=b"],
+                   workloadPodExample="true", workloadImage="reg/sample:1")
+    assert report.errors == [
+        "stack 'pool-b': 'qaic-k8s:workloadNamespace' is 'qaic-workloads', where stack "
+        "'pool-a' already runs its samples; give each stack a workloadNamespace of its own (or "
+        "the samples to one stack)."]
+    assert lines(client, "pool-a", namespace="qaic-pool-a", nodeSelector=[f"{POOL}=a"],
+                 workloadPodExample="true", workloadImage="reg/sample:1") == PoolReport()
+    assert lines(client, "pool-b", namespace="qaic-pool-b",
+                 nodeSelector=[f"{POOL}=b"]) == PoolReport()
