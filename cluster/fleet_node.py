@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,6 +179,14 @@ class FleetNode:
         kubelet = self.procs["kubelet"]
         kubelet.stop()
         kubelet.start()
+
+    def stop_kubelet(self, cp: ControlPlane) -> None:
+        """Kill kubelet (SIGKILL: no last status update, as when it crashes or the machine
+        hangs) and leave it down; containerd and the containers it runs go on, as they do on
+        a node whose kubelet died. The control plane's waits stop watching it."""
+        kubelet = self.procs["kubelet"]
+        cp.procs.pop(kubelet.name, None)
+        kubelet.stop(grace=5, sig=signal.SIGKILL)
 
     # ----- stopping it ------------------------------------------------------------------
 

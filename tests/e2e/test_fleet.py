@@ -4,18 +4,31 @@ Standard), `pulumi up` of real stacks on it, the real scheduler placing across n
 
 One fleet for the module; the tests run in file order and each leaves the fleet as the next
 expects: node pools in device-plugin mode (two stacks), then DRA mode (one stack): placement,
-drain, a node leaving, a node joining, a rolling upgrade, destroy. `make e2e-full` runs it.
+drain, a node leaving, a node joining, a rolling upgrade, a kubelet stopped for good, destroy.
+`make e2e` runs the tests marked fleet_ci (pools, placement in both modes, drain, leave, join,
+destroy: about 5 min); `make e2e-full` runs them all (the rolls, the preview lines and the
+kubelet stopped for good add about 4 min).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_objects import NS, claim, claim_spec, claim_template, create, extended_pod, job, pod
+from fleet_objects import (
+    HOSTNAME,
+    NS,
+    claim,
+    claim_spec,
+    claim_template,
+    create,
+    extended_pod,
+    job,
+    pod,
+)
 from fleet_reads import (
     allocated,
     check_view,
@@ -33,7 +46,7 @@ from fleet_reads import (
 from fleet_roll import node_rolls, one_node_at_a_time, report
 
 from cluster import fakenode, host, images
-from cluster.fleet import POOL_LABEL, Fleet, node_spec
+from cluster.fleet import POOL_LABEL, Fleet, FleetNode, node_spec
 from cluster.inspect import qaic_resources
 from cluster.stack import Stack, fleet_for_tests
 from cluster.tools import missing_prerequisites
@@ -50,6 +63,24 @@ Q = "qualcomm.com/qaic"
 POOLS_WANT = {N1: {f"{Q}-ultra": 8}, N2: {Q: 2}, N3: {f"{Q}-ultra": 4, f"{Q}-std": 1}}
 #: A "new release": the same image under a second name, so `pulumi up` rolls the DaemonSet.
 NEXT_IMAGE = "localhost/qaic-device-plugin:e2e-next"
+UNREACHABLE = "node.kubernetes.io/unreachable"
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+
+
+def diagnostics(out: str, kind: str, stack: str) -> list[str]:
+    """The CLI's `warning:`/`error:` lines about `stack` (the program's one-line reports)."""
+    return [ln.strip() for ln in out.splitlines()
+            if ln.strip().startswith(f"{kind}: stack '{stack}'")]
+
+
+def gone(fleet: Fleet, kind: str, name: str) -> bool:
+    return fleet.kubectl("get", kind, "-n", NS, name, check=False).returncode != 0
+
+
+def soc_cards(node: FleetNode, device_ids: list[str]) -> list[str]:
+    """The cards of the SoCs a device plugin handed out (device IDs are PCI addresses)."""
+    by_pci = {s.pci_address: s.card_id for s in node.fake.socs}
+    return [by_pci[d.split("::")[0]] for d in device_ids]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +118,7 @@ def dra(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Stack:
 # ----- the fleet itself --------------------------------------------------------------------
 
 
+@pytest.mark.fleet_ci
 def test_each_node_sees_its_own_machine(fleet: Fleet, record_property: Any) -> None:
     """Operator situation: one cluster of accelerator nodes with different cards. Each node's
     kubelet, runtime and hostPath mounts must see that node's devices and directories."""
@@ -115,6 +147,7 @@ def test_each_node_sees_its_own_machine(fleet: Fleet, record_property: Any) -> N
 # ----- device-plugin mode: node pools ------------------------------------------------------
 
 
+@pytest.mark.fleet_ci
 def test_each_pool_runs_its_own_plugin_with_its_own_settings(
     fleet: Fleet, pools: dict[str, Stack],
 ) -> None:
@@ -128,6 +161,39 @@ def test_each_pool_runs_its_own_plugin_with_its_own_settings(
     for name in (N1, N3):  # no single-pool name from the other stack's mode
         assert Q not in qaic_resources(fleet.get("node", name)["status"]["capacity"])
     assert set(qaic_resources(fleet.get("node", N2)["status"]["capacity"])) == {Q}
+
+
+def test_an_empty_pool_or_a_taken_pool_is_reported_at_preview(
+    fleet: Fleet, pools: dict[str, Stack], tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Operator situation: two new stack files for the cluster that has pools a and b: one
+    for pool c, whose nodes are not there yet, and a copy of pool a's under another name and
+    namespace. `pulumi preview` (the real CLI) says each in one line: the empty pool as a
+    warning (the preview succeeds: the pool may be scaled up later), the taken pool as an
+    error before anything is planned (two plugins would serve nodes 1 and 3)."""
+    empty = Stack.create(fleet, tmp_path_factory.mktemp("pool-c"), name="pool-c",
+                         namespace="qaic-pool-c", nodeSelector=[f"{POOL_LABEL}=c"],
+                         **NO_SAMPLES)
+    proc = empty.run("preview")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert diagnostics(out, "warning", "pool-c") == [
+        "warning: stack 'pool-c': 'qaic-k8s:nodeSelector' is '[\"example.com/qaic-pool=c\"]', "
+        "which matches none of the cluster's 3 nodes; the DaemonSet runs nowhere until a node "
+        "carries these labels (fine for a pool not scaled up yet)."], out[-3000:]
+    taken = Stack.create(fleet, tmp_path_factory.mktemp("pool-a2"), name="pool-a2",
+                         namespace="qaic-pool-a2", nodeSelector=[f"{POOL_LABEL}=a"],
+                         skuBasedResources="true", **NO_SAMPLES)
+    proc = taken.run("preview")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert diagnostics(out, "error", "pool-a2") == [
+        "error: stack 'pool-a2': 'qaic-k8s:nodeSelector' is '[\"example.com/qaic-pool=a\"]', "
+        f"which selects nodes {N1}, {N3} that stack 'pool-a' (DaemonSet "
+        "qaic-pool-a/qaic-device-plugin) already serves (its nodeSelector "
+        "{\"example.com/qaic-pool\": \"a\"}); two plugins on a node offer its SoCs twice: "
+        "choose labels that no other stack's nodeSelector matches."], out[-3000:]
+    assert "kubernetes:" not in out and "Traceback" not in out  # nothing planned
 
 
 def test_pool_a_rolls_node_by_node_and_its_job_keeps_its_socs(
@@ -161,6 +227,51 @@ def test_pool_a_rolls_node_by_node_and_its_job_keeps_its_socs(
     fleet.kubectl("delete", "pod", "-n", NS, "two-ultra", "--wait=true")
 
 
+@pytest.mark.fleet_ci
+def test_device_plugin_mode_places_a_four_soc_pod_without_card_knowledge(
+    fleet: Fleet, pools: dict[str, Stack], record_property: Any,
+) -> None:
+    """Operator situation: the job stream of the DRA placement test below, in device-plugin
+    mode (pool a, SKU mode): two 1-SoC Ultra pods on node 1, then a pod asking for
+    `qualcomm.com/qaic-ultra: 4`. The scheduler sees counts only (node 1: 6 free, node 3: 4);
+    the plugin's preferred allocation picks SoCs only once the node is chosen. Reported, not
+    asserted: where the holders' SoCs went, which node the 4-SoC pod got and whether its
+    SoCs are on one card. Asserted: it runs with 4 SoCs."""
+    n1 = fleet.nodes[N1]
+
+    def run(name: str, count: int) -> None:
+        create(fleet, extended_pod(name, f"{Q}-ultra", count, {HOSTNAME: N1}))
+        fleet.wait_for(f"{name} to run", lambda: fleet.get(
+            "pod", "-n", NS, name)["status"].get("phase") == "Running")
+
+    # One SoC of each card held, as in DRA mode; the plugin packs 1-SoC pods onto one card,
+    # so the spread is made the way churn makes it: a whole card filled first, then the rest
+    # of the other one (the plugin's preference decides; what the holders got is reported).
+    run("dp-fill", 4)
+    run("dp-hold-1", 1)
+    fleet.kubectl("delete", "pod", "-n", NS, "dp-fill", "--wait=true")
+    run("dp-fill-3", 3)
+    run("dp-hold-0", 1)
+    fleet.kubectl("delete", "pod", "-n", NS, "dp-fill-3", "--wait=true")
+    held = [soc_cards(n1, devices_of(n1, f"dp-hold-{i}")) for i in range(2)]
+    create(fleet, extended_pod("dp-four", f"{Q}-ultra", 4, {POOL_LABEL: "a"}))
+    fleet.wait_for("the 4-SoC pod to run", lambda: fleet.get(
+        "pod", "-n", NS, "dp-four")["status"].get("phase") == "Running", timeout=180)
+    where = fleet.get("pod", "-n", NS, "dp-four")["spec"]["nodeName"]
+    cards = soc_cards(fleet.nodes[where], devices_of(fleet.nodes[where], "dp-four"))
+    assert len(cards) == 4, cards
+    one_card = len(set(cards)) == 1
+    holders_on = "one card" if len({c for [c] in held}) == 1 else "one SoC on each card"
+    record_property("dp_holders_on", holders_on)
+    record_property("dp_four_soc_node", where)
+    record_property("dp_four_soc_one_card", one_card)
+    print(f"device-plugin placement: node 1's holders on {holders_on}; the 4-SoC pod on "
+          f"{where}, {'one card' if one_card else f'{len(set(cards))} cards'}")
+    fleet.kubectl("delete", "pod", "-n", NS, "dp-four", "dp-hold-0", "dp-hold-1",
+                  "--wait=true")
+
+
+@pytest.mark.fleet_ci
 def test_pool_stacks_destroy_only_their_own(fleet: Fleet, pools: dict[str, Stack]) -> None:
     """Destroying pool b's stack leaves pool a's plugin running; then pool a's goes too."""
     for pool, other in (("b", "a"), ("a", None)):
@@ -175,6 +286,7 @@ def test_pool_stacks_destroy_only_their_own(fleet: Fleet, pools: dict[str, Stack
 # ----- DRA mode: cluster-wide placement ----------------------------------------------------
 
 
+@pytest.mark.fleet_ci
 def test_every_node_publishes_its_own_socs(fleet: Fleet, dra: Stack) -> None:
     """Operator situation: DRA mode on a mixed fleet. Each node's driver publishes exactly
     that node's SoCs, in a pool of its own, with their SKU and card."""
@@ -190,6 +302,7 @@ def test_every_node_publishes_its_own_socs(fleet: Fleet, dra: Stack) -> None:
         n for n, p in daemon_pods(fleet, DRIVER_NS).items() if is_ready(p)} == set(fleet.nodes))
 
 
+@pytest.mark.fleet_ci
 def test_one_card_claim_lands_on_the_only_node_with_a_whole_free_card(
     fleet: Fleet, dra: Stack,
 ) -> None:
@@ -221,6 +334,7 @@ def test_one_card_claim_lands_on_the_only_node_with_a_whole_free_card(
 # ----- DRA mode: nodes come and go ---------------------------------------------------------
 
 
+@pytest.mark.fleet_ci
 def test_draining_a_node_evicts_its_job_and_releases_its_socs(fleet: Fleet, dra: Stack) -> None:
     """Operator situation: node 3 goes into maintenance (`kubectl drain`). Its job is evicted,
     the claim's SoCs are released (unprepared on the node: no CDI spec, not in the driver's
@@ -246,6 +360,7 @@ def test_draining_a_node_evicts_its_job_and_releases_its_socs(fleet: Fleet, dra:
     assert not fleet.get("pod", "-n", NS, new["metadata"]["name"])["spec"].get("nodeName")
 
 
+@pytest.mark.fleet_ci
 def test_a_node_that_leaves_takes_its_slices_with_it(fleet: Fleet, dra: Stack) -> None:
     """Operator situation: node 3 is switched off and its Node deleted (scaled down). Its
     ResourceSlices go with it (owner reference to the Node); stale ones would have the
@@ -257,6 +372,7 @@ def test_a_node_that_leaves_takes_its_slices_with_it(fleet: Fleet, dra: Stack) -
     assert not waiting["spec"].get("nodeName")
 
 
+@pytest.mark.fleet_ci
 def test_a_joining_node_takes_the_waiting_job(fleet: Fleet, dra: Stack,
                                              record_property: Any) -> None:
     """Operator situation: a job waits for a whole Ultra card; the operator adds a node with
@@ -317,6 +433,83 @@ def test_dra_rolls_node_by_node_and_running_claims_keep_their_socs(
         assert set(published_socs(fleet, name)) == want, name
 
 
+def test_a_node_whose_kubelet_stops_for_good_gets_nothing_new(
+    fleet: Fleet, dra: Stack, record_property: Any,
+) -> None:
+    """Operator situation: node 1's kubelet dies and stays down (a crash loop, a hung
+    machine) while claim holders run there. After the controller manager's grace period the
+    node is unreachable (Ready Unknown, unreachable taints) and nothing new is scheduled there,
+    though its ResourceSlices stay (owned by the Node, and nobody left on the node to wipe
+    them): a 2-SoC one-card claim only node 1 could hold waits. Its claims stay allocated while
+    their pods exist, even a pod the taint evicted (no kubelet confirms its end). The
+    operator's move, the out-of-service taint (non-graceful node shutdown), has the pods
+    force-deleted and the claims released; deleting the Node takes its slices."""
+    n1 = fleet.nodes[N1]
+    spec = pod("short", "short", node=N1)  # tolerates the unreachable taint 5 s, not 300
+    spec["spec"]["tolerations"] = [{"key": UNREACHABLE, "operator": "Exists",
+                                    "effect": "NoExecute", "tolerationSeconds": 5}]
+    create(fleet, claim("short", claim_spec(1)), spec)
+    fleet.wait_for("the short-tolerance pod to run", lambda: fleet.get(
+        "pod", "-n", NS, "short")["status"].get("phase") == "Running")
+    slices = sorted(s["metadata"]["name"] for s in node_slices(fleet, N1))
+    holders = ("hold-0", "hold-1", "short")
+
+    def figure(key: str, since: float) -> None:
+        record_property(key, round(time.monotonic() - since, 2))
+        print(f"kubelet stopped for good: {key} {time.monotonic() - since:.1f}")
+
+    t0 = time.monotonic()
+    n1.stop_kubelet(fleet)
+    try:
+        _kubelet_gone_for_good(fleet, holders, slices, t0, figure)
+    finally:
+        if N1 in fleet.nodes:  # the later tests need no node without a kubelet
+            fleet.remove_node(N1)
+
+
+def _kubelet_gone_for_good(fleet: Fleet, holders: tuple[str, ...], slices: list[str],
+                           t0: float, figure: Callable[[str, float], None]) -> None:
+    """The steps after node 1's kubelet stopped at `t0`, each figure measured on arrival."""
+    def condition() -> str:
+        conds = fleet.get("node", N1)["status"].get("conditions", [])
+        return next(c["status"] for c in conds if c["type"] == "Ready")
+
+    fleet.wait_for("node 1 unreachable", lambda: condition() == "Unknown", timeout=180)
+    figure("kubelet_stop_to_unreachable_s", t0)
+    fleet.wait_for("the unreachable taints", lambda: {
+        (t["key"], t["effect"]) for t in fleet.get("node", N1)["spec"].get("taints", [])} >= {
+        (UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")})
+    create(fleet, claim("two-of-a-card", claim_spec(2, same_card=True)),
+           pod("late", "two-of-a-card"))
+    fleet.wait_for("why the new pod waits", lambda: bool(waiting_reason(fleet, "late")))
+    # 1.37's message: "1 node(s) had untolerated taint(s), 2 cannot allocate all claims"
+    assert "untolerated taint" in waiting_reason(fleet, "late"), waiting_reason(fleet, "late")
+    fleet.wait_for("the short-tolerance pod evicted", lambda: bool(fleet.get(
+        "pod", "-n", NS, "short")["metadata"].get("deletionTimestamp")))
+    figure("kubelet_stop_to_eviction_s", t0)
+    for name in holders:  # still there, still holding: nobody on the node confirms an end
+        assert not gone(fleet, "pod", name), name
+        assert len(allocated(fleet, name)) == 1, name
+    assert not fleet.get("pod", "-n", NS, "late")["spec"].get("nodeName")
+    assert sorted(s["metadata"]["name"] for s in node_slices(fleet, N1)) == slices
+
+    t1 = time.monotonic()
+    fleet.kubectl("taint", "node", N1, f"{OUT_OF_SERVICE}=nodeshutdown:NoExecute")
+    fleet.wait_for("node 1's pods force-deleted", lambda: all(
+        gone(fleet, "pod", n) for n in holders), timeout=180)
+    figure("out_of_service_to_pods_deleted_s", t1)
+    fleet.wait_for("their claims released", lambda: not any(
+        fleet.get("resourceclaim", "-n", NS, n)["status"].get("allocation") for n in holders))
+    figure("out_of_service_to_claims_released_s", t1)
+    assert sorted(s["metadata"]["name"] for s in node_slices(fleet, N1)) == slices
+    assert not fleet.get("pod", "-n", NS, "late")["spec"].get("nodeName")
+    t2 = time.monotonic()
+    assert fleet.remove_node(N1) == []
+    fleet.wait_for("node 1's slices gone", lambda: not node_slices(fleet, N1), timeout=120)
+    figure("node_delete_to_slices_gone_s", t2)
+
+
+@pytest.mark.fleet_ci
 def test_destroy_leaves_no_claims_slices_or_specs_on_any_node(fleet: Fleet, dra: Stack) -> None:
     fleet.kubectl("delete", "namespace", NS, "--wait=true", timeout=300)
     for node in fleet.nodes.values():
