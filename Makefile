@@ -15,12 +15,12 @@ test: $(STAMP)  ## lint, type-check and the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, Kubernetes, etcd; cached, built once) + the e2e tests, a real cluster included (not the multi-node fleet: e2e-full)
+e2e: $(STAMP)  ## real tools (e2e/tools.sh: Pulumi CLI + providers, Kubernetes, etcd; cached, built once) + the e2e tests, a real cluster included, and the fleet's CI part (fleet_ci: pools, placement, drain, leave, join; the rest is e2e-full)
 	bash e2e/host-packages.sh
 	bash e2e/tools.sh
-	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m "e2e and not fleet"
+	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m "e2e and (not fleet or fleet_ci)"
 
-e2e-full: $(STAMP)  ## make e2e plus the multi-node fleet (tests/e2e/test_fleet.py: 3 nodes, node pools, placement, drain, join, rolling upgrade)
+e2e-full: $(STAMP)  ## make e2e plus the whole multi-node fleet (tests/e2e/test_fleet*.py: also the rolling upgrades, the preview's pool lines, a kubelet stopped for good, recovery of a killed fleet)
 	bash e2e/host-packages.sh
 	bash e2e/tools.sh
 	QAIC_E2E_REQUIRED=1 $(BIN)/pytest -q -m e2e

@@ -6,8 +6,8 @@ One fleet for the module; the tests run in file order and each leaves the fleet 
 expects: node pools in device-plugin mode (two stacks), then DRA mode (one stack): placement,
 drain, a node leaving, a node joining, a rolling upgrade, a kubelet stopped for good, destroy.
 `make e2e` runs the tests marked fleet_ci (pools, placement in both modes, drain, leave, join,
-destroy: about 5 min); `make e2e-full` runs them all (the rolls, the preview lines and the
-kubelet stopped for good add about 4 min).
+destroy: about 4 min of fleet work); `make e2e-full` runs them all (the rolls, the preview lines
+and the kubelet stopped for good add about 3 min).
 """
 
 from __future__ import annotations
