@@ -4,7 +4,7 @@ whether another stack of the project already serves them.
 A DaemonSet whose nodeSelector matches no node is created, reports 0 desired pods and looks
 healthy; two stacks whose selectors match the same node run two plugins there, which offer
 that node's SoCs twice (two device plugins registering the same resource name replace each
-other at kubelet; a DRA driver beside a device plugin publishes SoCs the plugin hands out).
+other at kubelet; a DRA driver beside a device plugin offers the free SoCs the plugin offers).
 Neither shows at ``pulumi up``. So the preview asks the cluster, one list of Nodes and one of
 the project's DaemonSets (by the labels every stack puts on them, plugin_pod.labels and
 dra_driver.dra_labels), and says it in one line naming the key and its value:
