@@ -57,7 +57,10 @@ for run in "dra $DRA" "misc $BASIC"; do
    "$out/bin/$1.test" -test.run='^$' -test.bench="^BenchmarkPerfScheduling\$/^${2%%/*}\$/^${2#*/}\$" \
      -test.benchtime=1x \
      -test.timeout=60m -perf-scheduling-label-filter= -data-items-dir="$OUT" >"$OUT/$1.log" 2>&1) \
-    || log "$1.test failed (exit $?): see $OUT/$1.log"
+    || { rc=$?; if grep -q 'to be higher: got' "$OUT/$1.log"; then
+           # upstream's own floor for its CI machines (e.g. 56 pods/s), not a broken run
+           log "$2: below upstream's threshold: $(grep -o 'expected .* want [0-9.]*' "$OUT/$1.log")"
+         else log "$1.test failed (exit $rc): see $OUT/$1.log"; fi; }
   grep -E "^BenchmarkPerfScheduling" "$OUT/$1.log" || true
 done
 # The figures to quote: SchedulingThroughput (pods/s, sampled each second while the measured
