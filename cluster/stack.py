@@ -64,6 +64,11 @@ class Stack:
             raise UpFailed("pulumi up failed:\n" + "\n".join(errors[:40]) + "\n" + proc.stderr)
         return proc.stdout
 
+    def preview(self, **changes: Any) -> subprocess.CompletedProcess[str]:
+        """One `pulumi preview` with the stack file plus `changes` (kept for the next up)."""
+        self._write(changes)
+        return self.run("preview")
+
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli.run(*args, "--stack", self.name, "--config-file", str(self.config_file),
                             timeout=900)
