@@ -1,4 +1,4 @@
-"""The move from device-plugin mode to DRA mode (docs/provisioning.md#moving-between-modes):
+"""The move from device-plugin mode to DRA mode (docs/operations.md, "Moving between modes"):
 SoCs that running pods of the device-plugin mode still hold on this node are left out of
 the driver's ResourceSlices until those pods release them.
 
