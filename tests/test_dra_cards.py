@@ -217,3 +217,19 @@ def test_a_card_stays_in_one_slice(tmp_path: Path) -> None:
     assert len(where) == 17 and all(len(v) == 1 for v in where.values())
     plain = [{"name": f"d{i:03d}"} for i in range(130)]
     assert [len(s) for s in counters.split_devices(plain, 64)] == [64, 64, 2]
+
+
+def test_each_slice_offers_its_socs_before_parts_and_cards(tmp_path: Path) -> None:
+    """The scheduler tries a node's devices in slice order: SoCs (one counter each) come
+    before the 2- and 3-SoC parts and the whole cards, so a one-SoC request does not evaluate
+    its class on every card and part first (the scale bench's lever); the SoCs keep their
+    name order, so which SoC a request gets is unchanged."""
+    specs = [CardSpec(Sku.ULTRA) for _ in range(5)]
+    out = cards.partition(pairs(scan(tmp_path, specs)))
+    slices = counters.split_devices([d.to_dict() for d in out.devices], 64)
+    for s in slices:
+        sizes = [len(d.get("consumesCounters", [{}])[0].get("counters") or {}) for d in s]
+        assert sizes == sorted(sizes), sizes
+        assert sizes[0] == 1 and sizes[-1] == 4
+        socs = [d["name"] for d in s if len(d["consumesCounters"][0]["counters"]) == 1]
+        assert socs == sorted(socs)
