@@ -96,6 +96,9 @@ def _rows(first: str, loads: list[str]) -> list[tuple[str, Callable[[Json], Any]
         rows += [
             (f"{ph}: creation->bound p50, s", _at(*p, "create_to_bound_s", "p50")),
             (f"{ph}: creation->bound p99, s", _at(*p, "create_to_bound_s", "p99")),
+            *[(f"{ph}: creation->bound p50 (p99), {k}-SoC jobs, s",
+               _with((*p, f"create_to_bound_{k}soc_s", "p50"),
+                     (*p, f"create_to_bound_{k}soc_s", "p99"))) for k in (1, 2, 4)],
             (f"{ph}: jobs (of which waited, %)", _with((*p, "jobs"), (*p, "waited_pct"))),
             (f"{ph}: waited jobs, creation->bound p50, s",
              _at(*p, "waited_create_to_bound_s", "p50")),
