@@ -26,7 +26,7 @@ from bench.common.errors import BenchError
 from cluster.tools import find_binaries
 
 from . import kwok, manifests, measure, plot, report
-from .publishers import discover
+from .publishers import DEFAULT_NODE_CARDS, NODE_CARDS, discover, node_cards
 
 HERE = Path(__file__).resolve().parent
 LATEST = HERE.parent / "results" / "scale.json"  # gitignored
@@ -73,11 +73,12 @@ def run(plan: measure.Plan, work: Path, *, build: bool = True,
     """Every node count, client QPS setting and mode; prints a line per run and writes what it
     has so far to `partial` after each (a long run that breaks keeps its figures)."""
     kw = kwok.locate(build=build)
-    layout = asyncio.run(discover(partitions=plan.partitions))
+    layout = asyncio.run(discover(node_cards(plan.node_cards), partitions=plan.partitions))
     ask = ("one whole card" if plan.four_soc == manifests.FOUR_SOC_CARD
            else "four SoCs on one card")
     out: dict[str, Any] = {"meta": _meta(plan, kw), "runs": []}
-    print(f"scale: {plan.nodes} nodes x {layout.socs} SoCs, loads {plan.loads}, "
+    print(f"scale: {plan.nodes} nodes x {layout.socs} SoCs ({plan.node_cards}: "
+          f"{NODE_CARDS[plan.node_cards]}), loads {plan.loads}, "
           f"kwok {kwok.VERSION} ({kw.how}), client QPS "
           f"{', '.join(_qps(q) for q in plan.client_qps)}; DRA: {len(layout.devices)} devices "
           f"and {len(layout.counter_sets)} counter sets a node, 4-SoC jobs ask {ask}"
@@ -144,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="DRA: a 4-SoC job's claim: 'constraint' (4 SoCs with matchAttribute "
                         "cardID, the stack's template) or 'card' (1 device of the whole-card "
                         "class; needs --dra-devices partitioned)")
+    p.add_argument("--node-cards", choices=tuple(NODE_CARDS), default=DEFAULT_NODE_CARDS,
+                   help="the 16 SoCs of every fake node: 'ultra' (four Ultra cards) or 'mixed' "
+                        "(3 Ultra + 2 Standard + 2 Pro cards: only 3 cards can hold a 4-SoC "
+                        "job)")
     p.add_argument("--json", type=Path, default=LATEST, help="where to write the results")
     p.add_argument("--record", action="store_true",
                    help=f"also write {RECORD.relative_to(HERE.parents[1])} and its SVG")
@@ -178,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                if v}
     changes["partitions"] = args.dra_devices == "partitioned"
     changes["four_soc"] = args.four_soc
+    changes["node_cards"] = args.node_cards
     plan = measure.Plan(**{**plan.__dict__, **changes})
     work = Path(tempfile.mkdtemp(prefix="qaic-scale-"))
     started = time.monotonic()

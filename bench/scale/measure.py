@@ -25,7 +25,13 @@ from bench.common.errors import BenchError
 from . import control_plane, kwok, manifests, procstat, profiles, summary
 from .kube import Kube, requests_by_kind
 from .load import Load
-from .publishers import RESYNC_SECONDS, NodeLayout, Publishers, slice_requests
+from .publishers import (
+    DEFAULT_NODE_CARDS,
+    RESYNC_SECONDS,
+    NodeLayout,
+    Publishers,
+    slice_requests,
+)
 from .tracker import Tracker, placements
 
 Json = dict[str, Any]
@@ -54,6 +60,9 @@ class Plan:
     #: DRA: how a 4-SoC job asks: "constraint" (4 SoCs, matchAttribute cardID, the stack's
     #: template) or "card" (1 device of the whole-card class; needs partitions)
     four_soc: str = manifests.FOUR_SOC_CONSTRAINT
+    #: the cards of every fake node (publishers.NODE_CARDS): "ultra" (four Ultra cards) or
+    #: "mixed" (3 Ultra + 2 Standard + 2 Pro); 16 SoCs either way
+    node_cards: str = DEFAULT_NODE_CARDS
 
 
 async def _nodes(kube: Kube, names: list[str], socs: int, dra: bool, timeout: float) -> float:
@@ -138,7 +147,7 @@ async def _run(cp: control_plane.ControlPlane, n: int, dra: bool, qps: float | N
                       members=layout.members)
     names = [f"kwok-{i:04d}" for i in range(n)]
     result: Json = {"nodes": n, "mode": "dra" if dra else "device-plugin", "client_qps": qps,
-                    "phases": {}}
+                    "node_cards": plan.node_cards, "phases": {}}
     if dra:
         result["dra_devices"] = {"partitions": layout.partitions, "four_soc": plan.four_soc,
                                  "devices_per_node": len(layout.devices),

@@ -1,7 +1,8 @@
 """DRA mode's node side: our real SlicePublisher, one per fake node, fed by the real discovery.
 
-One FakeNode (four Ultra cards, 16 SoCs) is written to a temporary directory and read the way
-the driver reads a node: the fake qaic-util run once, Inventory.scan, then
+One FakeNode (16 SoCs: four Ultra cards, or with `--node-cards mixed` three Ultra cards and
+two Standard and two Pro cards of one SoC each) is written to a temporary directory and read
+the way the driver reads a node: the fake qaic-util run once, Inventory.scan, then
 QaicDraDriver.update, which gives the very devices the driver publishes: by default as the
 driver ships since 699f29a (`partitions=True`: each SoC, each whole Ultra card and its ten
 parts, and the counter sets that keep them apart, in a slice of their own), with
@@ -42,6 +43,10 @@ from qaic_device_plugin.sim.node import CardSpec, FakeNode
 from .kube import Kube, metric_sum
 
 ULTRA_CARDS = 4
+#: --node-cards: the cards of every fake node (16 SoCs either way) and how reports name them
+NODE_CARDS = {"ultra": "four Ultra cards",
+              "mixed": "3 Ultra cards (12 SoCs) + 2 Standard + 2 Pro cards (1 SoC each)"}
+DEFAULT_NODE_CARDS = "ultra"
 SYNC_CONCURRENCY = 16  # publishers syncing at once (nodes' drivers start in waves, not all at once)
 WRITE_VERBS = ("CREATE", "UPDATE", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
 
@@ -82,6 +87,19 @@ class NodeLayout:
         return Devices(self.devices, self.counter_sets)
 
 
+def node_cards(kind: str) -> list[CardSpec]:
+    """The cards of one fake node: `ultra` (four Ultra cards, issue 22's node) or `mixed` (its
+    mixed-SKU variant: the same 16 SoCs, but only three cards that can hold a 4-SoC job).
+    Cards alternate between the two NUMA nodes, as a two-socket server spreads its slots."""
+    if kind == "ultra":
+        skus = [Sku.ULTRA] * ULTRA_CARDS
+    elif kind == "mixed":
+        skus = [Sku.ULTRA] * 3 + [Sku.STANDARD] * 2 + [Sku.PRO] * 2
+    else:
+        raise BenchError(f"node cards: {kind!r} is not one of {', '.join(NODE_CARDS)}")
+    return [CardSpec(sku, numa_node=i % 2) for i, sku in enumerate(skus)]
+
+
 async def _scan(node: FakeNode) -> list[Any]:
     entries = await query_qaic_util(str(node.qaic_util_path), 30.0)
     return list(Inventory(node.sysfs_root, node.dev_root, {}).scan(entries).socs)
@@ -93,8 +111,7 @@ async def discover(cards: Sequence[CardSpec] | None = None, *,
     the devices after one of its SoCs failed (the driver's update path once more)."""
     with tempfile.TemporaryDirectory(prefix="qaic-scale-node-") as d:
         root = Path(d)
-        node = FakeNode(root / "node", list(cards or [CardSpec(Sku.ULTRA, numa_node=i % 2)
-                                                      for i in range(ULTRA_CARDS)]))
+        node = FakeNode(root / "node", list(cards or node_cards(DEFAULT_NODE_CARDS)))
         node.write()
         socs = await _scan(node)
         unhealthy = [s.soc.pci_address for s in socs if not s.healthy]

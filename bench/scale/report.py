@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .publishers import DEFAULT_NODE_CARDS, NODE_CARDS
+
 Json = dict[str, Any]
 PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok", "bench")
 CONTROL_PLANE = PROCS[:4]
@@ -213,10 +215,21 @@ def _rss(r: Json) -> str:
     return " / ".join(_fmt(_get(r, "rss_mb", p)) for p in CONTROL_PLANE[:3])
 
 
+def node_cards(result: Json) -> str:
+    """What cards the run's fake nodes had (`--node-cards`; a run before the option: ultra)."""
+    plan = _get(result, "meta", "plan") or {}
+    return str(plan.get("node_cards") or DEFAULT_NODE_CARDS)
+
+
 def headline(result: Json) -> str:
     """The few figures the targets speak to, one row per node count and client setting:
-    device-plugin / DRA (DRA / device-plugin)."""
-    rows = ["| nodes, client rate | pods/s, first fill | control-plane CPU per pod, ms | "
+    device-plugin / DRA (DRA / device-plugin). A line above the table names the nodes' cards,
+    and a row of a run on other nodes than four Ultra cards says so, so runs are told apart."""
+    cards = node_cards(result)
+    label = "" if cards == DEFAULT_NODE_CARDS else f", {cards} cards"
+    rows = [f"Fake nodes: 16 SoCs each, {NODE_CARDS.get(cards, cards)} "
+            f"(`--node-cards {cards}`).", "",
+            "| nodes, client rate | pods/s, first fill | control-plane CPU per pod, ms | "
             "scheduler CPU per pod, ms | creation->bound p50 / p99 at 0.85, s | "
             "4-SoC on one card at 0.85, % | 4-SoC waited at 0.85, % | "
             "slice writes per node: start, idle, SoC fails, all kubelets restart | "
@@ -234,7 +247,8 @@ def headline(result: Json) -> str:
             r["cp_ms"] = {first: cp_ms_per_pod(r, first)}
         ph = "churn-0.85" if "churn-0.85" in dp["phases"] else list(dp["phases"])[-1]
         rows.append(
-            f"| {n}, {q} | {_pair(dp, dra, _at('phases', first, 'throughput_pods_per_s'))} "
+            f"| {n}, {q}{label} "
+            f"| {_pair(dp, dra, _at('phases', first, 'throughput_pods_per_s'))} "
             f"| {_pair(dp, dra, _at('cp_ms', first))} "
             f"| {_pair(dp, dra, _at('cpu_ms_per_bound_pod', first, 'kube-scheduler'))} "
             f"| {_c2b(dp, ph)} ; {_c2b(dra, ph)} "
