@@ -14,7 +14,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
-from test_dra_e2e import NODE, dra_env, wait_devices
+from test_dra_e2e import NODE, allocated_claim, dra_env, wait_devices
 
 from e2e.apiserver import ApiServer, find_binaries
 from qaic_device_plugin.dra.backend import DRIVER_NAME, device_name
@@ -78,3 +78,37 @@ async def test_a_held_soc_is_published_once_its_pod_ends(
     assert log.count('"soc_withheld"') == 1 and '"soc_released"' in log
     assert '"device_plugin_gone"' in log
     assert took < 5, took
+
+
+async def test_a_claim_on_a_soc_the_old_plugin_gave_away_meanwhile_waits_for_it(
+        api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path,
+) -> None:
+    """Operator situation: during the move from device-plugin mode the old plugin still
+    serves, and a pod asking qualcomm.com/qaic gets a SoC from it just after the scheduler
+    allocated that SoC to a claim (before the driver's next poll withdrew it from the
+    slices). The claim's prepare asks kubelet afresh and refuses, naming the SoC and the pod
+    that has it, so no SoC goes to two pods; once that pod has ended, kubelet's retry
+    prepares the claim."""
+    soc = node.socs[0]
+    env = {**dra_env(api, node, dirs), "QAIC_POD_RESOURCES_SOCKET": str(dirs / "pr.sock")}
+    async with PodResourcesSim(dirs / "pr.sock") as pr:
+        pr.set_allocatable([ResourceDevices("qualcomm.com/qaic",
+                                            tuple(s.pci_address for s in node.socs))])
+        async with (DraKubeletSim(dirs / "registry") as kubelet,
+                    PluginProcess(env, tmp_path / "plugin.log") as proc):
+            try:
+                await kubelet.wait_registered(DRIVER_NAME, timeout=20)
+                await wait_devices(client, lambda d: device_name(soc.pci_address) in d)
+                ref = await allocated_claim(client, "raced", [soc])
+                pr.set_held([ContainerDevices("ml", "late", "main", "qualcomm.com/qaic",
+                                              (soc.pci_address,))])
+                calls = pr.calls
+                refused = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid].error
+                assert pr.calls > calls  # asked at the prepare, not from the last poll
+                assert soc.pci_address in refused and "ml/late" in refused, refused
+                pr.set_held([])
+                again = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid]
+                assert again.error == ""
+                assert [d.device_name for d in again.devices] == [device_name(soc.pci_address)]
+            finally:
+                print(proc.log_text()[-3000:])

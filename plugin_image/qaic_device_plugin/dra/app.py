@@ -105,11 +105,23 @@ class DraApp:
         self._devices: list[Device] = []
         #: SoCs the device-plugin mode still holds or serves: not published until released.
         self.device_plugin_socs = DevicePluginSocs(settings.pod_resources_socket)
+        self.driver.held_elsewhere = self._held_by_device_plugin
         self._dirty = asyncio.Event()
         self._publish = asyncio.Event()
         self.plugin.registration.on_registered.append(self._publish.set)
         self._tasks: list[asyncio.Task[None]] = []
         self.state: NodeState | None = None
+
+    async def _held_by_device_plugin(self) -> dict[str, str]:
+        """What pods of the device-plugin mode hold now, asked afresh at a prepare while the
+        move from that mode is not over (kubelet answers from memory in milliseconds; never
+        asked once it is over). A change is offered at once, so the prepare that asked sees
+        a released SoC on the node again."""
+        if self.device_plugin_socs.done:
+            return {}
+        if await self.device_plugin_socs.poll():
+            self._offer()
+        return dict(self.device_plugin_socs.withheld)
 
     def _socs(self) -> list[Soc]:
         return [s.soc for s in self.state.socs] if self.state is not None else []

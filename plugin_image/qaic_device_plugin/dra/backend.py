@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -180,6 +180,11 @@ class QaicDraDriver:
         #: Devices whose device nodes changed with the last update (see update()).
         self.moved: frozenset[str] = frozenset()
         self._known_nodes: dict[str, tuple[str, ...]] | None = None
+        #: Asked at every prepare: SoCs (PCI address -> who has them) that pods of the
+        #: device-plugin mode hold right now (dra/device_plugin_socs.py). The slices leave
+        #: them out, but during the move from device-plugin mode a pod may get a SoC from
+        #: the old plugin after a claim was allocated it and before the driver's next poll.
+        self.held_elsewhere: Callable[[], Awaitable[Mapping[str, str]]] | None = None
 
     def update(self, socs: Sequence[SocState]) -> list[Device]:
         """Take a new snapshot; return the devices to publish (`counter_sets` with them).
@@ -229,10 +234,19 @@ class QaicDraDriver:
     async def prepare(self, claim: AllocatedClaim) -> list[PreparedDevice]:
         uid = claim.ref.uid
         chosen: list[tuple[AllocatedDevice, tuple[SocState, ...]]] = []
+        held = await self.held_elsewhere() if self.held_elsewhere is not None else {}
         for d in claim.devices:
             if d.pool != self.node_name:
                 raise PrepareError(f"device {d.device} is in pool {d.pool}, not {self.node_name}")
             members = self._members.get(d.device)
+            pcis = ([s.soc.pci_address for s in members] if members is not None
+                    else [p for p in held if device_name(p) == d.device])
+            for pci in pcis:
+                if pci in held:
+                    raise PrepareError(
+                        f"SoC {pci} of device {d.device} is {held[pci]} (a pod of the "
+                        "device-plugin mode, started during the move to DRA mode); this "
+                        "claim's pod starts once that pod has ended")
             if members is None:
                 raise PrepareError(f"device {d.device} is not on this node (any more)")
             if d.device == MONITOR_DEVICE and not d.admin_access:
