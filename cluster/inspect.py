@@ -4,7 +4,6 @@ API, container logs and /proc. Shared by the cluster tests (device-plugin and DR
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import subprocess
 import threading
@@ -18,6 +17,7 @@ from qaic_device_plugin.kubelet.podresources import ContainerDevices, list_devic
 
 from .cluster import KUBELET_DIR, NODE_NAME
 from .controlplane import ControlPlane
+from .watch import json_objects
 
 POD_RESOURCES = KUBELET_DIR / "pod-resources" / "kubelet.sock"
 
@@ -119,14 +119,7 @@ class PodWatch:
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
-        decoder, buf = json.JSONDecoder(), ""
-        for line in self._proc.stdout:
-            buf += line
-            try:
-                obj, end = decoder.raw_decode(buf.lstrip())
-            except json.JSONDecodeError:
-                continue
-            buf = buf.lstrip()[end:]
+        for obj in json_objects(self._proc.stdout):
             note = self._on_event(obj) if self._on_event else None
             self.events.append((obj, note))
 

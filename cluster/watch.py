@@ -9,13 +9,28 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .controlplane import ControlPlane
 
 Obj = dict[str, Any]
+
+
+def json_objects(lines: Iterable[str]) -> Iterator[Obj]:
+    """The JSON objects `kubectl get -o json --watch` prints one after another (each over
+    many lines, no separator), each as soon as its last line has arrived."""
+    decoder, buf = json.JSONDecoder(), ""
+    for line in lines:
+        buf += line
+        while buf.strip():
+            try:
+                obj, end = decoder.raw_decode(buf.lstrip())
+            except json.JSONDecodeError:
+                break  # not complete yet
+            buf = buf.lstrip()[end:]
+            yield obj
 
 
 @dataclass(frozen=True)
@@ -47,14 +62,7 @@ class Watch:
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
-        decoder, buf = json.JSONDecoder(), ""
-        for line in self._proc.stdout:
-            buf += line
-            try:
-                obj, end = decoder.raw_decode(buf.lstrip())
-            except json.JSONDecodeError:
-                continue
-            buf = buf.lstrip()[end:]
+        for obj in json_objects(self._proc.stdout):
             with self._cond:
                 self.events.append(Event(time.monotonic(), obj["type"], obj["object"]))
                 self._cond.notify_all()

@@ -6,7 +6,6 @@ changed" lines, one per gRPC connection begin/end of each registered endpoint).
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from cluster.watch import json_objects
 
 # I1206 07:01:02.123456   4242 dra_plugin_manager.go:120] "Connection changed" ...
 _KLOG = re.compile(r"^[IWE](\d{4} \d{2}:\d{2}:\d{2}\.\d{6})\s")
@@ -80,14 +81,7 @@ class PodWatch:
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
-        decoder, buf = json.JSONDecoder(), ""
-        for line in self._proc.stdout:
-            buf += line
-            try:
-                obj, _ = decoder.raw_decode(buf.strip())
-            except ValueError:
-                continue
-            buf = ""
+        for obj in json_objects(self._proc.stdout):
             self.events.append((obj["type"], obj["object"]))
 
     def stop(self) -> None:
