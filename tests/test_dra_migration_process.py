@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,27 @@ async def client(api: ApiServer) -> AsyncIterator[AsyncClient]:
     await c.close()
 
 
+@asynccontextmanager
+async def beside_old_plugin(
+        api: ApiServer, node: FakeNode, dirs: Path, tmp_path: Path, held: tuple[str, ...] = (),
+) -> AsyncIterator[tuple[PodResourcesSim, DraKubeletSim, PluginProcess]]:
+    """The driver process registered with kubelet while the old device plugin still serves
+    every SoC and a pod of its mode holds `held` (PodResources, as kubelet answers it)."""
+    env = {**dra_env(api, node, dirs), "QAIC_POD_RESOURCES_SOCKET": str(dirs / "pr.sock")}
+    async with PodResourcesSim(dirs / "pr.sock") as pr:
+        if held:
+            pr.set_held([ContainerDevices("ml", "old", "main", "qualcomm.com/qaic", held)])
+        pr.set_allocatable([ResourceDevices("qualcomm.com/qaic",
+                                            tuple(s.pci_address for s in node.socs))])
+        async with (DraKubeletSim(dirs / "registry") as kubelet,
+                    PluginProcess(env, tmp_path / "plugin.log") as proc):
+            try:
+                await kubelet.wait_registered(DRIVER_NAME, timeout=20)
+                yield pr, kubelet, proc
+            finally:
+                print(proc.log_text()[-3000:])
+
+
 async def test_a_held_soc_is_published_once_its_pod_ends(
         api: ApiServer, client: AsyncClient, node: FakeNode, dirs: Path, tmp_path: Path,
 ) -> None:
@@ -50,30 +72,20 @@ async def test_a_held_soc_is_published_once_its_pod_ends(
     goes, then the pod: the SoC is published within the 2 s poll and a write, and kubelet
     is not asked again."""
     held = node.socs[-1].pci_address
-    env = {**dra_env(api, node, dirs), "QAIC_POD_RESOURCES_SOCKET": str(dirs / "pr.sock")}
-    async with PodResourcesSim(dirs / "pr.sock") as pr:
-        pr.set_held([ContainerDevices("ml", "old", "main", "qualcomm.com/qaic", (held,))])
-        pr.set_allocatable([ResourceDevices("qualcomm.com/qaic",
-                                            tuple(s.pci_address for s in node.socs))])
-        async with (DraKubeletSim(dirs / "registry") as kubelet,
-                    PluginProcess(env, tmp_path / "plugin.log") as proc):
-            try:
-                await kubelet.wait_registered(DRIVER_NAME, timeout=20)
-                others = {device_name(s.pci_address) for s in node.socs} - {device_name(held)}
-                first = await wait_devices(client, lambda d: bool(d))
-                assert set(first) == others
-                pr.set_allocatable([])  # the device plugin's pod is gone
-                await pr.wait_calls(pr.calls + 2)  # asked again: still held
-                assert set(await wait_devices(client, lambda d: bool(d))) == others
-                pr.set_held([])
-                t0 = time.monotonic()
-                await wait_devices(client, lambda d: device_name(held) in d, timeout=10)
-                took = time.monotonic() - t0
-                calls = pr.calls  # nothing held or served: kubelet is not asked again
-                with pytest.raises(TimeoutError):
-                    await pr.wait_calls(calls + 1, timeout=5)
-            finally:
-                print(proc.log_text()[-3000:])
+    async with beside_old_plugin(api, node, dirs, tmp_path, (held,)) as (pr, _, proc):
+        others = {device_name(s.pci_address) for s in node.socs} - {device_name(held)}
+        first = await wait_devices(client, lambda d: bool(d))
+        assert set(first) == others
+        pr.set_allocatable([])  # the device plugin's pod is gone
+        await pr.wait_calls(pr.calls + 2)  # asked again: still held
+        assert set(await wait_devices(client, lambda d: bool(d))) == others
+        pr.set_held([])
+        t0 = time.monotonic()
+        await wait_devices(client, lambda d: device_name(held) in d, timeout=10)
+        took = time.monotonic() - t0
+        calls = pr.calls  # nothing held or served: kubelet is not asked again
+        with pytest.raises(TimeoutError):
+            await pr.wait_calls(calls + 1, timeout=5)
     log = proc.log_text()
     assert log.count('"soc_withheld"') == 1 and '"soc_released"' in log
     assert '"device_plugin_gone"' in log
@@ -90,25 +102,16 @@ async def test_a_claim_on_a_soc_the_old_plugin_gave_away_meanwhile_waits_for_it(
     that has it, so no SoC goes to two pods; once that pod has ended, kubelet's retry
     prepares the claim."""
     soc = node.socs[0]
-    env = {**dra_env(api, node, dirs), "QAIC_POD_RESOURCES_SOCKET": str(dirs / "pr.sock")}
-    async with PodResourcesSim(dirs / "pr.sock") as pr:
-        pr.set_allocatable([ResourceDevices("qualcomm.com/qaic",
-                                            tuple(s.pci_address for s in node.socs))])
-        async with (DraKubeletSim(dirs / "registry") as kubelet,
-                    PluginProcess(env, tmp_path / "plugin.log") as proc):
-            try:
-                await kubelet.wait_registered(DRIVER_NAME, timeout=20)
-                await wait_devices(client, lambda d: device_name(soc.pci_address) in d)
-                ref = await allocated_claim(client, "raced", [soc])
-                pr.set_held([ContainerDevices("ml", "late", "main", "qualcomm.com/qaic",
-                                              (soc.pci_address,))])
-                calls = pr.calls
-                refused = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid].error
-                assert pr.calls > calls  # asked at the prepare, not from the last poll
-                assert soc.pci_address in refused and "ml/late" in refused, refused
-                pr.set_held([])
-                again = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid]
-                assert again.error == ""
-                assert [d.device_name for d in again.devices] == [device_name(soc.pci_address)]
-            finally:
-                print(proc.log_text()[-3000:])
+    async with beside_old_plugin(api, node, dirs, tmp_path) as (pr, kubelet, _):
+        await wait_devices(client, lambda d: device_name(soc.pci_address) in d)
+        ref = await allocated_claim(client, "raced", [soc])
+        pr.set_held([ContainerDevices("ml", "late", "main", "qualcomm.com/qaic",
+                                      (soc.pci_address,))])
+        calls = pr.calls
+        refused = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid].error
+        assert pr.calls > calls  # asked at the prepare, not from the last poll
+        assert soc.pci_address in refused and "ml/late" in refused, refused
+        pr.set_held([])
+        again = (await kubelet.prepare(DRIVER_NAME, [ref])).claims[ref.uid]
+        assert again.error == ""
+        assert [d.device_name for d in again.devices] == [device_name(soc.pci_address)]
